@@ -1,0 +1,39 @@
+// The one contract between the pool and the NBD exporter: neither side imports the other.
+
+/** A run of bytes with one allocation state, as reported by `blockStatus`. */
+export interface Extent {
+  offset: number;
+  length: number;
+  /** No storage behind the range (a thin hole or a sparse-file hole). */
+  hole: boolean;
+  /** The range is known to read as zeros (always true for holes). */
+  zero: boolean;
+}
+
+export interface WriteOptions {
+  /** Force unit access: durable before the promise resolves. */
+  fua?: boolean;
+}
+
+export interface ZeroOptions extends WriteOptions {
+  /** The range must stay allocated (no hole punching). */
+  noHole?: boolean;
+}
+
+/**
+ * A byte-addressed block device. Offsets and lengths are in bytes; callers keep them
+ * 512-byte aligned and inside `sizeBytes`, implementations still reject anything else
+ * with a `RangeError`.
+ */
+export interface BlockDevice {
+  readonly sizeBytes: number;
+  readonly readOnly: boolean;
+  read(offset: number, length: number): Promise<Buffer>;
+  write(offset: number, data: Buffer, options?: WriteOptions): Promise<void>;
+  trim(offset: number, length: number, options?: WriteOptions): Promise<void>;
+  writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void>;
+  /** Everything acknowledged so far is durable when this resolves. */
+  flush(): Promise<void>;
+  /** Extents covering [offset, offset+length) in order; may stop early but never returns nothing. */
+  blockStatus(offset: number, length: number): Promise<Extent[]>;
+}

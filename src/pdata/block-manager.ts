@@ -1,0 +1,191 @@
+import fs from 'node:fs';
+import { BlockValidator, METADATA_BLOCK_SIZE } from './block-validator';
+import { deviceSizeBytes } from './device-size';
+
+interface CachedBlock {
+  data: Buffer;
+  validator: BlockValidator;
+  dirty: boolean;
+}
+
+export interface BlockManagerOptions {
+  readOnly?: boolean;
+  /** Clean blocks kept in memory; dirty blocks stay until flushed. */
+  cacheBlocks?: number;
+}
+
+/**
+ * 4 KiB metadata blocks over a file or block device, with a bounded LRU cache of clean blocks.
+ * I/O is synchronous: metadata blocks are small and mostly cached, and a synchronous tree walk
+ * cannot interleave with another one.
+ */
+export class BlockManager {
+  readonly nrBlocks: number;
+  readonly readOnly: boolean;
+  private readonly cache = new Map<number, CachedBlock>();
+  private readonly cacheLimit: number;
+  private dirtyCount = 0;
+  private fd: number;
+  stats = { reads: 0, writes: 0, syncs: 0 };
+
+  constructor(
+    readonly path: string,
+    options: BlockManagerOptions = {},
+  ) {
+    this.readOnly = options.readOnly ?? false;
+    this.cacheLimit = options.cacheBlocks ?? 16384;
+    this.fd = fs.openSync(path, this.readOnly ? 'r' : 'r+');
+    this.nrBlocks = Math.floor(deviceSizeBytes(this.fd, path) / METADATA_BLOCK_SIZE);
+  }
+
+  /** A validated, cached block. Callers must not modify it unless they went through `writable`. */
+  read(location: number, validator: BlockValidator): Buffer {
+    const hit = this.cache.get(location);
+    if (hit) {
+      this.cache.delete(location);
+      this.cache.set(location, hit);
+      if (hit.validator !== validator) {
+        if (!hit.dirty) validator.check(hit.data, location);
+        hit.validator = validator;
+      }
+      return hit.data;
+    }
+    const data = this.readRaw(location);
+    validator.check(data, location);
+    this.insert(location, { data, validator, dirty: false });
+    return data;
+  }
+
+  /** Unvalidated bytes straight from the device (superblock probing, checkers). */
+  readRaw(location: number): Buffer {
+    this.checkLocation(location);
+    const data = Buffer.allocUnsafe(METADATA_BLOCK_SIZE);
+    const n = fs.readSync(this.fd, data, 0, METADATA_BLOCK_SIZE, location * METADATA_BLOCK_SIZE);
+    if (n !== METADATA_BLOCK_SIZE) throw new Error(`${this.path}: short read of block ${location}`);
+    this.stats.reads++;
+    return data;
+  }
+
+  /** The block, to be modified in place and written at the next flush. */
+  writable(location: number, validator: BlockValidator): Buffer {
+    const data = this.read(location, validator);
+    this.markDirty(location);
+    return data;
+  }
+
+  /** A zero-filled block that replaces whatever was at `location` (a freshly allocated block). */
+  zeroed(location: number, validator: BlockValidator): Buffer {
+    this.checkLocation(location);
+    const old = this.cache.get(location);
+    if (old?.dirty) this.dirtyCount--;
+    this.cache.delete(location);
+    const data = Buffer.alloc(METADATA_BLOCK_SIZE);
+    this.insert(location, { data, validator, dirty: false });
+    this.markDirty(location);
+    return data;
+  }
+
+  /** Writes every dirty block except those in `except`, then syncs the device. */
+  flush(except: ReadonlySet<number> = new Set()): void {
+    const locations: number[] = [];
+    for (const [location, entry] of this.cache) {
+      if (entry.dirty && !except.has(location)) locations.push(location);
+    }
+    locations.sort((a, b) => a - b);
+    // Adjacent blocks go out in one write.
+    for (let i = 0; i < locations.length;) {
+      let j = i + 1;
+      while (j < locations.length && locations[j] === locations[j - 1] + 1) j++;
+      const run = locations.slice(i, j).map((location) => this.seal(location));
+      this.writeAt(locations[i], run.length === 1 ? run[0] : Buffer.concat(run));
+      i = j;
+    }
+    this.sync();
+    this.evict();
+  }
+
+  /** Seals and writes one block now, then syncs: the superblock, last in a commit. */
+  writeNow(location: number, data: Buffer, validator: BlockValidator): void {
+    validator.prepareForWrite(data, location);
+    this.writeAt(location, data);
+    this.sync();
+    const cached = this.cache.get(location);
+    if (cached?.dirty) this.dirtyCount--;
+    this.cache.delete(location);
+    this.insert(location, { data: Buffer.from(data), validator, dirty: false });
+  }
+
+  /** Forgets every cached block, dropping unflushed changes (used when a transaction is abandoned). */
+  discardCache(): void {
+    this.cache.clear();
+    this.dirtyCount = 0;
+  }
+
+  get dirtyBlocks(): number {
+    return this.dirtyCount;
+  }
+
+  get cachedBlocks(): number {
+    return this.cache.size;
+  }
+
+  close(): void {
+    if (this.fd >= 0) fs.closeSync(this.fd);
+    this.fd = -1;
+  }
+
+  private seal(location: number): Buffer {
+    const entry = this.cache.get(location)!;
+    entry.validator.prepareForWrite(entry.data, location);
+    entry.dirty = false;
+    this.dirtyCount--;
+    return entry.data;
+  }
+
+  private writeAt(location: number, data: Buffer): void {
+    if (this.readOnly) throw new Error(`${this.path}: opened read-only`);
+    let done = 0;
+    while (done < data.length) {
+      done += fs.writeSync(this.fd, data, done, data.length - done, location * METADATA_BLOCK_SIZE + done);
+    }
+    this.stats.writes += data.length / METADATA_BLOCK_SIZE;
+  }
+
+  private sync(): void {
+    fs.fsyncSync(this.fd);
+    this.stats.syncs++;
+  }
+
+  private markDirty(location: number): void {
+    const entry = this.cache.get(location)!;
+    if (!entry.dirty) {
+      entry.dirty = true;
+      this.dirtyCount++;
+    }
+  }
+
+  private insert(location: number, entry: CachedBlock): void {
+    this.cache.set(location, entry);
+    // Evict in batches so that a cache full of dirty blocks is not rescanned on every insert.
+    if (this.cache.size > this.cacheLimit + this.dirtyCount + (this.cacheLimit >> 3)) this.evict();
+  }
+
+  private evict(): void {
+    let excess = this.cache.size - this.dirtyCount - this.cacheLimit;
+    if (excess <= 0) return;
+    for (const [location, entry] of this.cache) {
+      if (excess <= 0) break;
+      if (entry.dirty) continue;
+      this.cache.delete(location);
+      excess--;
+    }
+  }
+
+  private checkLocation(location: number): void {
+    if (!Number.isInteger(location) || location < 0 || location >= this.nrBlocks) {
+      throw new RangeError(
+        `${this.path}: block ${location} outside the metadata device (${this.nrBlocks} blocks)`,
+      );
+    }
+  }
+}

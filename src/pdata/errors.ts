@@ -1,0 +1,37 @@
+// Errors of the persistent-data layer. Each names the metadata block it is about, so that an
+// operator can find it with thin_check or a hex dump.
+
+export class MetadataError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** A block failed its validator: wrong checksum, wrong self-location, or a broken header. */
+export class BlockCorruptError extends MetadataError {
+  constructor(
+    readonly blockType: string,
+    readonly block: number,
+    readonly reason: string,
+  ) {
+    super(`${reason} in ${blockType} (block ${block})`);
+  }
+}
+
+/** The metadata device has no free block left; the pool must go read-only. */
+export class NoMetadataSpaceError extends MetadataError {
+  constructor(what: string) {
+    super(`out of metadata space while allocating ${what}`);
+  }
+}
+
+/** The data device has no free block left. */
+export class NoDataSpaceError extends MetadataError {
+  constructor() {
+    super('out of data space');
+  }
+}
+
+/** A structural rule of a tree or space map does not hold. */
+export class MetadataInvariantError extends MetadataError {}
