@@ -5,7 +5,6 @@ import { readU64 } from '../pdata/block-validator';
 import { DataSpaceMap } from '../pdata/space-map/data-space-map';
 import { MAX_METADATA_BLOCKS, MetadataSpaceMap } from '../pdata/space-map/metadata-space-map';
 import { TransactionManager } from '../pdata/transaction-manager';
-import { u64Value } from '../pdata/btree/node';
 import { DEVICE_DETAILS_SIZE, mappedDataBlock } from './mapping';
 import {
   SUPERBLOCK_LOCATION,
@@ -134,9 +133,56 @@ export class ThinMetadata {
     this.tm.beginTransaction();
   }
 
+  /**
+   * Freezes the committed trees under a copy of the superblock (the kernel's
+   * reserve_metadata_snap): the copy's roots gain a reference, so later changes shadow them and
+   * readers of the copy keep a consistent view. Only one may be held.
+   */
+  reserveMetadataSnap(): number {
+    if (this.sb.heldRoot) throw new MetadataSnapBusyError(this.sb.heldRoot);
+    this.commit();
+    const { location, data } = this.tm.newBlock(superblockValidator, 'the metadata snapshot superblock');
+    const zeroRoot = { nrBlocks: 0, nrAllocated: 0, bitmapRoot: 0, refCountRoot: 0 };
+    encodeSuperblock({ ...this.sb, heldRoot: 0, dataSpaceMap: zeroRoot, metadataSpaceMap: zeroRoot }, data);
+    this.tm.inc(this.sb.dataMappingRoot);
+    this.tm.inc(this.sb.deviceDetailsRoot);
+    this.sb.heldRoot = location;
+    this.commit();
+    return location;
+  }
+
+  /** Drops the held metadata snapshot and every block only it referenced. */
+  releaseMetadataSnap(): void {
+    const held = this.sb.heldRoot;
+    if (!held) throw new NoMetadataSnapError();
+    const snap = ThinMetadata.readSuperblock(this.bm, held);
+    this.sb.heldRoot = 0;
+    this.devices.del(snap.dataMappingRoot);
+    this.details.del(snap.deviceDetailsRoot);
+    this.tm.dec(held);
+    this.commit();
+  }
+
+  /** The superblock of the held metadata snapshot, if any: its roots give the frozen view. */
+  heldSuperblock(): Superblock | undefined {
+    return this.sb.heldRoot ? ThinMetadata.readSuperblock(this.bm, this.sb.heldRoot) : undefined;
+  }
+
   close(): void {
     this.bm.close();
   }
+}
 
-  static u64 = u64Value;
+export class MetadataSnapBusyError extends Error {
+  constructor(readonly heldRoot: number) {
+    super(`a metadata snapshot is already held (superblock copy at block ${heldRoot}); release it first`);
+    this.name = 'MetadataSnapBusyError';
+  }
+}
+
+export class NoMetadataSnapError extends Error {
+  constructor() {
+    super('no metadata snapshot is held');
+    this.name = 'NoMetadataSnapError';
+  }
 }
