@@ -5,7 +5,20 @@ import { readU64 } from '../pdata/block-validator';
 import { DataSpaceMap } from '../pdata/space-map/data-space-map';
 import { MAX_METADATA_BLOCKS, MetadataSpaceMap } from '../pdata/space-map/metadata-space-map';
 import { TransactionManager } from '../pdata/transaction-manager';
-import { DEVICE_DETAILS_SIZE, mappedDataBlock } from './mapping';
+import { u64Value as u64 } from '../pdata/btree/node';
+import { NoDataSpaceError } from '../pdata/errors';
+import {
+  DEVICE_DETAILS_SIZE,
+  DeviceDetails,
+  MAX_DEVICE_ID,
+  MAX_TIME,
+  Mapping,
+  decodeDetails,
+  decodeMapping,
+  encodeDetails,
+  encodeMapping,
+  mappedDataBlock,
+} from './mapping';
 import {
   SUPERBLOCK_LOCATION,
   Superblock,
@@ -36,6 +49,8 @@ export class ThinMetadata {
   readonly details: BTree;
   /** Fields committed with the next superblock; roots change as trees change. */
   sb: Superblock;
+  /** Device details changed in this transaction, written into the details tree at commit. */
+  private readonly changedDetails = new Map<number, DeviceDetails>();
 
   private constructor(
     readonly bm: BlockManager,
@@ -101,6 +116,23 @@ export class ThinMetadata {
     }
   }
 
+  /**
+   * Reads every node of the device trees (live and held), so that a damaged block is found at
+   * open rather than on some later read. The space maps were read in full by `open`.
+   */
+  verifyTrees(): void {
+    const seen = new Set<number>();
+    const sbs = [this.sb];
+    const held = this.heldSuperblock();
+    if (held) sbs.push(held);
+    for (const sb of sbs) {
+      this.details.visitNodes(sb.deviceDetailsRoot, seen);
+      this.devices.visitNodes(sb.dataMappingRoot, seen, (leaf) => {
+        for (let i = 0; i < leaf.nrEntries; i++) this.mappings.visitNodes(readU64(leaf.value(i), 0), seen);
+      });
+    }
+  }
+
   /** Reads a superblock without the space maps (the held metadata snapshot, or a quick peek). */
   static readSuperblock(bm: BlockManager, location = SUPERBLOCK_LOCATION): Superblock {
     return decodeSuperblock(bm.read(location, superblockValidator));
@@ -122,6 +154,10 @@ export class ThinMetadata {
    */
   commit(): void {
     if (!this.dataSm) throw new Error('metadata opened without space maps is read-only');
+    for (const [id, d] of this.changedDetails) {
+      this.sb.deviceDetailsRoot = this.details.insert(this.sb.deviceDetailsRoot, id, encodeDetails(d));
+    }
+    this.changedDetails.clear();
     this.dataSm.commit(this.tm);
     this.metadataSm.commit(this.tm);
     this.sb.dataSpaceMap = this.dataSm.root();
@@ -131,6 +167,133 @@ export class ThinMetadata {
     this.dataSm.committed();
     this.metadataSm.committed();
     this.tm.beginTransaction();
+  }
+
+  // ---- devices (the kernel's dm-thin-metadata operations) ----
+
+  deviceExists(id: number): boolean {
+    return this.deviceRoot(id) !== undefined;
+  }
+
+  deviceDetails(id: number): DeviceDetails | undefined {
+    const changed = this.changedDetails.get(id);
+    if (changed) return { ...changed };
+    const v = this.details.lookup(this.sb.deviceDetailsRoot, id);
+    return v ? decodeDetails(v) : undefined;
+  }
+
+  /** Ids of every device, in order. */
+  deviceIds(sb: Superblock = this.sb): number[] {
+    const ids: number[] = [];
+    for (const [id] of this.devices.entries(sb.dataMappingRoot)) ids.push(id);
+    return ids;
+  }
+
+  createThin(id: number): void {
+    this.checkNewId(id);
+    const root = this.mappings.create();
+    this.sb.dataMappingRoot = this.devices.insert(this.sb.dataMappingRoot, id, u64(root));
+    this.changedDetails.set(id, {
+      mappedBlocks: 0,
+      transactionId: this.sb.transactionId,
+      creationTime: this.sb.time,
+      snapshottedTime: this.sb.time,
+    });
+  }
+
+  /** O(1): the snapshot shares the origin's mapping tree root, and the pool time moves on. */
+  createSnap(id: number, originId: number): void {
+    this.checkNewId(id);
+    const originRoot = this.deviceRoot(originId);
+    const origin = this.deviceDetails(originId);
+    if (originRoot === undefined || !origin) throw new DeviceNotFoundError(originId);
+    if (this.sb.time >= MAX_TIME) throw new RangeError(`pool time would pass 2^24 - 1; no more snapshots possible`);
+    this.tm.inc(originRoot);
+    this.sb.dataMappingRoot = this.devices.insert(this.sb.dataMappingRoot, id, u64(originRoot));
+    this.sb.time++;
+    this.changedDetails.set(id, {
+      mappedBlocks: origin.mappedBlocks,
+      transactionId: this.sb.transactionId,
+      creationTime: this.sb.time,
+      snapshottedTime: this.sb.time,
+    });
+    this.changedDetails.set(originId, { ...origin, snapshottedTime: this.sb.time });
+  }
+
+  /** Removes the device; blocks only it referenced are freed (snapshots of it are unaffected). */
+  deleteDevice(id: number): void {
+    const removed = this.devices.remove(this.sb.dataMappingRoot, id);
+    if (!removed.removed) throw new DeviceNotFoundError(id);
+    this.sb.dataMappingRoot = removed.root;
+    this.sb.deviceDetailsRoot = this.details.remove(this.sb.deviceDetailsRoot, id).root;
+    this.changedDetails.delete(id);
+  }
+
+  lookupMapping(id: number, vblock: number, sb: Superblock = this.sb): Mapping | undefined {
+    const root = this.deviceRoot(id, sb.dataMappingRoot);
+    if (root === undefined) throw new DeviceNotFoundError(id);
+    const v = this.mappings.lookup(root, vblock);
+    return v ? decodeMapping(v) : undefined;
+  }
+
+  /**
+   * Maps `vblock` to `dataBlock` at the current time. The tree takes over the reference the
+   * caller holds on `dataBlock` (from `allocDataBlock`); a replaced block loses one.
+   */
+  insertMapping(id: number, vblock: number, dataBlock: number): void {
+    const details = this.requireDetails(id);
+    let inserted = false;
+    const value = encodeMapping({ dataBlock, time: this.sb.time });
+    this.sb.dataMappingRoot = this.devices.update(this.sb.dataMappingRoot, id, (old) => {
+      const r = this.mappings.insertReporting(readU64(old!, 0), vblock, value);
+      inserted = r.inserted;
+      return u64(r.root);
+    });
+    if (inserted) this.changedDetails.set(id, { ...details, mappedBlocks: details.mappedBlocks + 1 });
+  }
+
+  /** Unmaps `vblock`; returns whether it was mapped. */
+  removeMapping(id: number, vblock: number): boolean {
+    const details = this.requireDetails(id);
+    if (!this.lookupMapping(id, vblock)) return false;
+    this.sb.dataMappingRoot = this.devices.update(this.sb.dataMappingRoot, id, (old) =>
+      u64(this.mappings.remove(readU64(old!, 0), vblock).root),
+    );
+    this.changedDetails.set(id, { ...details, mappedBlocks: details.mappedBlocks - 1 });
+    return true;
+  }
+
+  /** A free data block with one reference (for the caller to map or release). */
+  allocDataBlock(): number {
+    const block = this.dataSm!.counts.allocate();
+    if (block === undefined) throw new NoDataSpaceError();
+    return block;
+  }
+
+  /** True when the data block is referenced by more than one leaf (a write must copy it). */
+  dataBlockShared(dataBlock: number): boolean {
+    return this.dataSm!.counts.count(dataBlock) > 1;
+  }
+
+  /** The kernel's set_transaction_id: compare-and-swap on the userspace token. */
+  setTransactionId(expected: number, next: number): void {
+    if (this.sb.transactionId !== expected) {
+      throw new TransactionIdMismatchError(expected, this.sb.transactionId);
+    }
+    this.sb.transactionId = next;
+  }
+
+  private requireDetails(id: number): DeviceDetails {
+    const d = this.deviceDetails(id);
+    if (!d) throw new DeviceNotFoundError(id);
+    return d;
+  }
+
+  private checkNewId(id: number): void {
+    if (!Number.isInteger(id) || id < 0 || id > MAX_DEVICE_ID) {
+      throw new RangeError(`device id ${id} is outside 0..${MAX_DEVICE_ID} (24 bits)`);
+    }
+    if (this.deviceExists(id)) throw new DeviceExistsError(id);
   }
 
   /**
@@ -170,6 +333,30 @@ export class ThinMetadata {
 
   close(): void {
     this.bm.close();
+  }
+}
+
+export class DeviceNotFoundError extends Error {
+  constructor(readonly deviceId: number) {
+    super(`thin device ${deviceId} does not exist`);
+    this.name = 'DeviceNotFoundError';
+  }
+}
+
+export class DeviceExistsError extends Error {
+  constructor(readonly deviceId: number) {
+    super(`thin device ${deviceId} already exists`);
+    this.name = 'DeviceExistsError';
+  }
+}
+
+export class TransactionIdMismatchError extends Error {
+  constructor(
+    readonly expected: number,
+    readonly actual: number,
+  ) {
+    super(`transaction id is ${actual}, not the expected ${expected}`);
+    this.name = 'TransactionIdMismatchError';
   }
 }
 

@@ -27,6 +27,8 @@ export interface PoolCreateOptions {
 export interface PoolOpenOptions {
   readOnly?: boolean;
   cacheBlocks?: number;
+  /** Skip reading every tree node at open (faster for huge pools; damage then shows up on use). */
+  skipVerify?: boolean;
 }
 
 export interface PoolStatus {
@@ -98,6 +100,7 @@ export class Pool {
     const md = ThinMetadata.open(paths.metadata, options);
     let dataFd: number;
     try {
+      if (!options.skipVerify) md.verifyTrees();
       dataFd = fs.openSync(paths.data, options.readOnly ? 'r' : 'r+');
       const dataBytes = deviceSizeBytes(dataFd, paths.data);
       const needed = md.sb.dataSpaceMap.nrBlocks * md.dataBlockBytes;

@@ -1,6 +1,6 @@
 import { TransactionManager } from '../transaction-manager';
 import { MetadataInvariantError } from '../errors';
-import { INTERNAL_NODE, LEAF_NODE, NodeView, nodeValidator } from './node';
+import { INTERNAL_NODE, LEAF_NODE, NodeView, nodeValidator, u64Value as u64 } from './node';
 import { ValueType } from './value-type';
 
 interface Writable {
@@ -44,16 +44,24 @@ export class BTree {
 
   /** Inserts or overwrites; an overwritten value loses its reference unless equal to the new one. */
   insert(root: number, key: number, value: Buffer): number {
+    return this.insertReporting(root, key, value).root;
+  }
+
+  /** As `insert`, telling whether the key was new. */
+  insertReporting(root: number, key: number, value: Buffer): { root: number; inserted: boolean } {
     const vt = this.valueType;
-    return this.upsert(root, key, (leaf, i, exists) => {
+    let inserted = false;
+    const newRoot = this.upsert(root, key, (leaf, i, exists) => {
       if (!exists) {
         leaf.insertAt(i, key, value);
+        inserted = true;
         return;
       }
       const old = leaf.value(i);
       if (vt.dec && !(vt.equal ? vt.equal(old, value) : old.equals(value))) vt.dec(Buffer.from(old));
       leaf.setValue(i, value);
     });
+    return { root: newRoot, inserted };
   }
 
   /**
@@ -135,6 +143,22 @@ export class BTree {
         if (top.node.key(top.index) >= to) return;
         path.push({ node: this.node(top.node.child(top.index)), index: 0 });
       }
+    }
+  }
+
+  /**
+   * Reads (and so validates) every node under `root` once; `seen` lets shared subtrees of
+   * several trees be read once. Leaves are handed to `leaf`.
+   */
+  visitNodes(root: number, seen: Set<number>, leaf?: (node: NodeView) => void): void {
+    const stack = [root];
+    while (stack.length) {
+      const location = stack.pop()!;
+      if (seen.has(location)) continue;
+      seen.add(location);
+      const node = this.node(location);
+      if (node.isLeaf) leaf?.(node);
+      else for (let i = 0; i < node.nrEntries; i++) stack.push(node.child(i));
     }
   }
 
@@ -249,11 +273,4 @@ export class BTree {
     }
     return { location: shadow.location, node };
   }
-}
-
-function u64(n: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeUInt32LE(n % 0x100000000, 0);
-  b.writeUInt32LE(Math.floor(n / 0x100000000), 4);
-  return b;
 }
