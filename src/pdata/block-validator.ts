@@ -30,10 +30,7 @@ export function saltedValidator(
       block.writeUInt32LE(blockChecksum(block, salt), 0);
     },
     check(block, location) {
-      if (blocknrOffset !== null) {
-        const stored = readU64(block, blocknrOffset);
-        if (stored !== location) throw new BlockCorruptError(name, location, `bad block number ${stored}`);
-      }
+      if (blocknrOffset !== null) checkLocation(name, block, blocknrOffset, location);
       const want = blockChecksum(block, salt);
       const got = block.readUInt32LE(0);
       if (got !== want) {
@@ -45,6 +42,12 @@ export function saltedValidator(
       }
     },
   };
+}
+
+/** The block's own stored location must match where it was read from (garbage may exceed 2^53). */
+export function checkLocation(name: string, block: Buffer, offset: number, location: number): void {
+  const stored = block.readBigUInt64LE(offset);
+  if (stored !== BigInt(location)) throw new BlockCorruptError(name, location, `bad block number ${stored}`);
 }
 
 function hex(n: number): string {

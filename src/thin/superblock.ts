@@ -1,4 +1,4 @@
-import { BlockValidator, readU64, saltedValidator, writeU64 } from '../pdata/block-validator';
+import { BlockValidator, checkLocation, readU64, saltedValidator, writeU64 } from '../pdata/block-validator';
 import { BlockCorruptError } from '../pdata/errors';
 import { SpaceMapRoot, decodeSpaceMapRoot, encodeSpaceMapRoot } from '../pdata/space-map/sm-root';
 
@@ -34,11 +34,9 @@ export const superblockValidator: BlockValidator = {
   name: 'superblock',
   prepareForWrite: salted.prepareForWrite,
   check(block, location) {
-    const stored = readU64(block, 8);
-    if (stored !== location)
-      throw new BlockCorruptError('superblock', location, `bad block number ${stored}`);
-    const magic = readU64(block, 0x20);
-    if (magic !== THIN_MAGIC) {
+    checkLocation('superblock', block, 8, location);
+    const magic = block.readBigUInt64LE(0x20);
+    if (magic !== BigInt(THIN_MAGIC)) {
       throw new BlockCorruptError('superblock', location, `bad magic ${magic} (not thin-pool metadata)`);
     }
     salted.check(block, location);

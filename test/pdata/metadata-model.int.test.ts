@@ -1,0 +1,118 @@
+// Randomized model test of the B-tree and both space maps, through the thin metadata that uses
+// them: random inserts, removes, lookups, snapshots and deletes against an in-memory model,
+// with commits every few hundred operations. After every commit the metadata is reopened from
+// disk and compared with the model, and our checker recomputes every reference count; every
+// tenth commit is also judged by thin_check 0.9 and 1.1.
+import path from 'node:path';
+import { ThinMetadata } from '../../src/thin/metadata';
+import { checkMetadata } from '../../src/thin/check';
+import { dumpDevices } from '../../src/thin/dump';
+import { makeTempDir, sparseFile } from '../helpers/tmp';
+import { thinCheckBoth } from '../helpers/thin-oracle';
+import { seededRandom, testSeed } from '../helpers/random';
+
+const OPERATIONS = Number(process.env.MODEL_OPERATIONS ?? 100_000);
+const COMMIT_EVERY = 300;
+const VBLOCKS = 40_000;
+const DATA_BLOCKS = 400_000;
+
+type Model = Map<number, Map<number, number>>;
+
+function modelOf(md: ThinMetadata): Model {
+  const model: Model = new Map();
+  for (const dev of dumpDevices(md)) {
+    const m = new Map<number, number>();
+    for (const [vblock, mapping] of dev.mappings) m.set(vblock, mapping.dataBlock);
+    model.set(dev.id, m);
+    expect(dev.details.mappedBlocks).toBe(m.size);
+  }
+  return model;
+}
+
+describe('B-tree and space maps against a model', () => {
+  const seed = testSeed();
+  const tmp = makeTempDir();
+  afterAll(() => tmp.cleanup());
+
+  it(`survives ${OPERATIONS} random operations (seed ${seed})`, async () => {
+    const rnd = seededRandom(seed);
+    const metadata = sparseFile(path.join(tmp.dir, 'metadata'), 64 * 2 ** 20);
+    let md = ThinMetadata.format(metadata, { dataBlockSectors: 128, nrDataBlocks: DATA_BLOCKS });
+    const model: Model = new Map();
+    let nextId = 0;
+    const newDevice = () => {
+      md.createThin(nextId);
+      model.set(nextId, new Map());
+      nextId++;
+    };
+    newDevice();
+    newDevice();
+
+    let commits = 0;
+    let toolChecks = 0;
+    let maxDepth = 0;
+    const stats = { insert: 0, overwrite: 0, remove: 0, lookup: 0, snap: 0, delete: 0 };
+    for (let op = 1; op <= OPERATIONS; op++) {
+      const ids = [...model.keys()];
+      const id = rnd.pick(ids);
+      const dev = model.get(id)!;
+      // Alternate growing and shrinking phases so that splits and merges both happen often.
+      const growing = Math.floor(op / 15_000) % 2 === 0;
+      const r = rnd.next();
+      if (r < 0.0015 && ids.length < 10) {
+        const snapId = nextId++;
+        md.createSnap(snapId, id);
+        model.set(snapId, new Map(dev));
+        stats.snap++;
+      } else if (r < 0.002 && ids.length > 2) {
+        md.deleteDevice(id);
+        model.delete(id);
+        stats.delete++;
+      } else if (r < (growing ? 0.7 : 0.35)) {
+        // Mostly clustered keys, as real writes are, with some scattered ones.
+        const vblock = rnd.next() < 0.7 ? (op * 13 + rnd.int(64)) % VBLOCKS : rnd.int(VBLOCKS);
+        const dataBlock = md.allocDataBlock();
+        if (dev.has(vblock)) stats.overwrite++;
+        else stats.insert++;
+        md.insertMapping(id, vblock, dataBlock);
+        dev.set(vblock, dataBlock);
+      } else if (r < 0.9) {
+        const keys = dev.size ? [...dev.keys()] : [];
+        const vblock = keys.length && rnd.next() < 0.9 ? rnd.pick(keys) : rnd.int(VBLOCKS);
+        expect(md.removeMapping(id, vblock)).toBe(dev.delete(vblock));
+        stats.remove++;
+      } else {
+        const vblock = rnd.int(VBLOCKS);
+        expect(md.lookupMapping(id, vblock)?.dataBlock).toBe(dev.get(vblock));
+        stats.lookup++;
+      }
+
+      if (op % COMMIT_EVERY === 0 || op === OPERATIONS) {
+        md.commit();
+        md.close();
+        commits++;
+        md = ThinMetadata.open(metadata);
+        expect(modelOf(md)).toEqual(model);
+        const report = checkMetadata(metadata);
+        expect({ commit: commits, errors: report.errors }).toEqual({ commit: commits, errors: [] });
+        for (const id of model.keys()) {
+          let depth = 0;
+          for (let n = md.mappings.node(md.deviceRoot(id)!); !n.isLeaf; n = md.mappings.node(n.child(0))) depth++;
+          maxDepth = Math.max(maxDepth, depth);
+        }
+        if (commits % 10 === 0) {
+          toolChecks++;
+          for (const result of await thinCheckBoth(metadata)) expect(result).toMatchObject({ code: 0 });
+        }
+      }
+    }
+    md.close();
+    // The run must really have exercised what it claims to.
+    expect(commits).toBeGreaterThanOrEqual(OPERATIONS / COMMIT_EVERY);
+    expect(toolChecks).toBeGreaterThanOrEqual(Math.floor(commits / 10));
+    expect(stats.snap).toBeGreaterThan(0);
+    expect(stats.remove).toBeGreaterThan(OPERATIONS / 10);
+    expect(maxDepth).toBeGreaterThanOrEqual(1);
+    console.log(JSON.stringify({ seed, commits, toolChecks, maxDepth, ...stats }));
+  });
+});
