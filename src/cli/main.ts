@@ -3,6 +3,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { log } from '../log';
 import { poolCommands } from './commands/pool';
+import { thinCommands } from './commands/thin';
 
 // Every command is a thin file over the library; this only wires them and reports failures.
 export async function main(args: string[]): Promise<void> {
@@ -10,7 +11,8 @@ export async function main(args: string[]): Promise<void> {
   if (!process.env.THINPOOL_LOG_LEVEL && !['serve', 'nbd'].includes(args[0])) log.level = 'warn';
   await yargs(args)
     .scriptName('thinpool')
-    .command('pool', 'create, inspect and check pools', poolCommands)
+    .command('pool', 'create, inspect, check and grow pools; metadata snapshots', poolCommands)
+    .command('thin', 'thin devices: create, snapshot, delete, import/export images, delta', thinCommands)
     .demandCommand(1, 'name a command (try --help)')
     .strict()
     .fail((msg, err) => {

@@ -7,6 +7,8 @@ export function printResult(value: Record<string, unknown>, json: boolean): void
   }
   const width = Math.max(...Object.keys(value).map((k) => k.length));
   for (const [key, v] of Object.entries(value)) {
-    process.stdout.write(`${key.padEnd(width)}  ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
+    process.stdout.write(
+      `${key.padEnd(width)}  ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`,
+    );
   }
 }

@@ -29,6 +29,8 @@ export class TransactionManager {
   }
 
   newBlock(validator: BlockValidator, what = 'a metadata block'): { location: number; data: Buffer } {
+    if (this.bm.readOnly)
+      throw new Error(`metadata ${this.bm.path} is open read-only; cannot allocate ${what}`);
     const location = this.metadataCounts.allocate();
     if (location === undefined) throw new NoMetadataSpaceError(what);
     this.shadowed.add(location);
@@ -36,6 +38,8 @@ export class TransactionManager {
   }
 
   shadow(location: number, validator: BlockValidator): Shadow {
+    if (this.bm.readOnly)
+      throw new Error(`metadata ${this.bm.path} is open read-only; cannot change block ${location}`);
     const count = this.metadataCounts.count(location);
     if (this.shadowed.has(location) && count === 1) {
       return { location, data: this.bm.writable(location, validator), incChildren: false };

@@ -27,7 +27,15 @@ export interface CheckReport {
  * trees (which thin_check 0.9 skips for data).
  */
 export function checkMetadata(path: string): CheckReport {
-  const report: CheckReport = { ok: false, errors: [], warnings: [], devices: 0, mappings: 0, metadataBlocksUsed: 0, dataBlocksUsed: 0 };
+  const report: CheckReport = {
+    ok: false,
+    errors: [],
+    warnings: [],
+    devices: 0,
+    mappings: 0,
+    metadataBlocksUsed: 0,
+    dataBlocksUsed: 0,
+  };
   let md: ThinMetadata;
   try {
     md = ThinMetadata.open(path, { readOnly: true, cacheBlocks: 1024 });
@@ -75,10 +83,14 @@ function checkOpened(md: ThinMetadata, report: CheckReport): void {
   report.metadataBlocksUsed = md.metadataSm.counts.nrAllocated;
   report.dataBlocksUsed = md.dataSm!.counts.nrAllocated;
   if (sb.metadataSpaceMap.nrAllocated !== md.metadataSm.counts.nrAllocated) {
-    report.warnings.push(`metadata space map: nr_allocated ${sb.metadataSpaceMap.nrAllocated}, counted ${md.metadataSm.counts.nrAllocated}`);
+    report.warnings.push(
+      `metadata space map: nr_allocated ${sb.metadataSpaceMap.nrAllocated}, counted ${md.metadataSm.counts.nrAllocated}`,
+    );
   }
   if (sb.dataSpaceMap.nrAllocated !== md.dataSm!.counts.nrAllocated) {
-    report.warnings.push(`data space map: nr_allocated ${sb.dataSpaceMap.nrAllocated}, counted ${md.dataSm!.counts.nrAllocated}`);
+    report.warnings.push(
+      `data space map: nr_allocated ${sb.dataSpaceMap.nrAllocated}, counted ${md.dataSm!.counts.nrAllocated}`,
+    );
   }
 }
 
@@ -133,18 +145,24 @@ function checkThinTrees(
       leaf(node) {
         for (let i = 0; i < node.nrEntries; i++) {
           const m = decodeMapping(node.value(i));
-          if (m.dataBlock >= nrDataBlocks) errors.push(`${label} device ${id}: block ${node.key(i)} maps to data block ${m.dataBlock} beyond ${nrDataBlocks}`);
+          if (m.dataBlock >= nrDataBlocks)
+            errors.push(
+              `${label} device ${id}: block ${node.key(i)} maps to data block ${m.dataBlock} beyond ${nrDataBlocks}`,
+            );
           else dataRefs.add(m.dataBlock);
-          if (m.time > sb.time) errors.push(`${label} device ${id}: mapping time ${m.time} after pool time ${sb.time}`);
+          if (m.time > sb.time)
+            errors.push(`${label} device ${id}: mapping time ${m.time} after pool time ${sb.time}`);
         }
       },
     });
     mappings += count;
     const d = details.get(id);
     if (!d) errors.push(`${label}: device ${id} has mappings but no details`);
-    else if (d.mappedBlocks !== count) errors.push(`${label} device ${id}: details say ${d.mappedBlocks} mapped blocks, tree has ${count}`);
+    else if (d.mappedBlocks !== count)
+      errors.push(`${label} device ${id}: details say ${d.mappedBlocks} mapped blocks, tree has ${count}`);
   }
-  for (const id of details.keys()) if (!subtreeRoots.has(id)) errors.push(`${label}: device ${id} has details but no mapping tree`);
+  for (const id of details.keys())
+    if (!subtreeRoots.has(id)) errors.push(`${label}: device ${id} has details but no mapping tree`);
   return { devices: subtreeRoots.size, mappings };
 }
 
@@ -154,7 +172,9 @@ function compareCounts(what: string, stored: RefCounts, expected: RefTally, erro
     const want = expected.get(b);
     const got = stored.count(b);
     if (want !== got && reported++ < 20) {
-      errors.push(`${what} block ${b}: reference count ${got}, expected ${want}${want === 0 ? ' (leaked)' : ''}`);
+      errors.push(
+        `${what} block ${b}: reference count ${got}, expected ${want}${want === 0 ? ' (leaked)' : ''}`,
+      );
     }
   }
   if (reported > 20) errors.push(`${what}: ${reported - 20} more reference count mismatches`);

@@ -35,7 +35,7 @@ export function dumpXml(md: ThinMetadata, sb: Superblock = md.sb): string {
         `creation_time="${d.creationTime}" snap_time="${d.snapshottedTime}">`,
     );
     const m = dev.mappings;
-    for (let i = 0; i < m.length; ) {
+    for (let i = 0; i < m.length;) {
       let j = i + 1;
       while (
         j < m.length &&

@@ -207,7 +207,8 @@ export class ThinMetadata {
     const originRoot = this.deviceRoot(originId);
     const origin = this.deviceDetails(originId);
     if (originRoot === undefined || !origin) throw new DeviceNotFoundError(originId);
-    if (this.sb.time >= MAX_TIME) throw new RangeError(`pool time would pass 2^24 - 1; no more snapshots possible`);
+    if (this.sb.time >= MAX_TIME)
+      throw new RangeError(`pool time would pass 2^24 - 1; no more snapshots possible`);
     this.tm.inc(originRoot);
     this.sb.dataMappingRoot = this.devices.insert(this.sb.dataMappingRoot, id, u64(originRoot));
     this.sb.time++;

@@ -64,7 +64,9 @@ export function prepareBacking(file: string, bytes: number, what: string): numbe
   } catch (e) {
     fs.closeSync(fd);
     fs.rmSync(file, { force: true });
-    throw new PoolConfigError(`cannot size the ${what} file ${file} to ${formatSize(bytes)}: ${(e as Error).message}`);
+    throw new PoolConfigError(
+      `cannot size the ${what} file ${file} to ${formatSize(bytes)}: ${(e as Error).message}`,
+    );
   }
   fs.closeSync(fd);
   return bytes;

@@ -1,8 +1,17 @@
+import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
+import fsp from 'node:fs/promises';
 import { logger } from '../log';
 import { deviceSizeBytes } from '../pdata/device-size';
+import { NoDataSpaceError, NoMetadataSpaceError } from '../pdata/errors';
+import { faultPoint } from '../util/fault-point';
 import { formatSize } from '../util/size';
-import { ThinMetadata } from './metadata';
+import { Catalogue, CatalogueEntry, CatalogueError } from './catalogue';
+import { DeltaRange, MappedRange, allocatedRanges, deltaRanges } from './delta';
+import { OutOfDataSpaceError, PoolError, PoolReadOnlyError } from './errors';
+import { IoGate } from './io-gate';
+import { DeviceDetails, MAX_DEVICE_ID } from './mapping';
+import { DeviceExistsError, DeviceNotFoundError, ThinMetadata } from './metadata';
 import {
   MAX_METADATA_BYTES,
   MIN_METADATA_BYTES,
@@ -12,6 +21,8 @@ import {
   poolPaths,
   prepareBacking,
 } from './pool-files';
+import { NEEDS_CHECK_FLAG, Superblock, encodeSuperblock, superblockValidator } from './superblock';
+import { DeviceHost, ThinDevice } from './thin-device';
 
 const log = logger('pool');
 
@@ -24,15 +35,27 @@ export interface PoolCreateOptions {
   metadataDevice?: string;
 }
 
+export type NoSpacePolicy = 'error' | 'queue';
+
 export interface PoolOpenOptions {
   readOnly?: boolean;
   cacheBlocks?: number;
   /** Skip reading every tree node at open (faster for huge pools; damage then shows up on use). */
   skipVerify?: boolean;
+  /** Commit at least this often while there are changes (0 = only on flush). Default 1000. */
+  commitIntervalMs?: number;
+  /** What a write does when no data block is free: fail at once, or wait for the pool to grow. */
+  noSpacePolicy?: NoSpacePolicy;
+  noSpaceTimeoutMs?: number;
+  /** Emit 'low-water' once when free data blocks drop below this. */
+  lowWaterBlocks?: number;
+  /** Leave the rest of a newly provisioned block unwritten (faster; stale data may show). */
+  skipBlockZeroing?: boolean;
 }
 
 export interface PoolStatus {
   path: string;
+  mode: 'read-write' | 'read-only';
   transactionId: number;
   time: number;
   dataBlockBytes: number;
@@ -45,95 +68,540 @@ export interface PoolStatus {
   needsCheck: boolean;
 }
 
-/** A pool directory: dm-thin metadata plus a data file, opened together. */
-export class Pool {
+export interface DeviceInfo extends CatalogueEntry {
+  id: number;
+  details: DeviceDetails;
+}
+
+/** Metadata blocks kept back for commits, so a full metadata device can still commit. */
+const METADATA_RESERVE_BLOCKS = 64;
+
+/**
+ * A thin pool: dm-thin metadata, a data file and the catalogue, with devices on top. Changes to
+ * the device set follow intent → pool commit → catalogue commit, tied by the transaction id.
+ */
+export class Pool extends EventEmitter implements DeviceHost {
+  readonly gate = new IoGate();
+  readonly blockBytes: number;
+  readonly skipBlockZeroing: boolean;
+  private readonly open = new Map<number, ThinDevice>();
+  private timer: NodeJS.Timeout | undefined;
+  private metaDirty = false;
+  private dataDirty = false;
+  private readOnlyReason: string | undefined;
+  private lowWaterRaised = false;
+  private spaceWaiters: (() => void)[] = [];
+  private closed = false;
+
   private constructor(
     readonly dir: string,
-    readonly md: ThinMetadata,
-    readonly dataFd: number,
-  ) {}
+    public md: ThinMetadata,
+    private readonly data: fsp.FileHandle,
+    readonly catalogue: Catalogue,
+    private readonly options: PoolOpenOptions,
+  ) {
+    super();
+    this.blockBytes = md.dataBlockBytes;
+    this.skipBlockZeroing = options.skipBlockZeroing ?? false;
+    if (options.readOnly) this.readOnlyReason = 'opened read-only';
+    if (md.sb.flags & NEEDS_CHECK_FLAG)
+      this.readOnlyReason = 'the metadata needs checking (needs_check is set)';
+    const interval = options.commitIntervalMs ?? 1000;
+    if (interval > 0 && !this.readOnlyReason) {
+      this.timer = setInterval(() => void this.periodicCommit(), interval);
+      this.timer.unref();
+    }
+  }
 
-  static create(dir: string, options: PoolCreateOptions): Pool {
+  static async create(
+    dir: string,
+    options: PoolCreateOptions,
+    openOptions: PoolOpenOptions = {},
+  ): Promise<Pool> {
     const blockBytes = options.blockSizeBytes ?? 64 * 1024;
     checkBlockSize(blockBytes);
     const paths = poolPaths(dir);
-    if (fs.existsSync(paths.metadata) || fs.existsSync(paths.data)) {
+    if (fs.existsSync(paths.metadata) || fs.existsSync(paths.data) || fs.existsSync(paths.catalogue)) {
       throw new PoolConfigError(`${dir} already holds a pool; refusing to overwrite it`);
     }
-    if (!options.dataDevice && options.dataSizeBytes === undefined) throw new PoolConfigError('a data size is required');
+    if (!options.dataDevice && options.dataSizeBytes === undefined)
+      throw new PoolConfigError('a data size is required');
     fs.mkdirSync(dir, { recursive: true });
-    if (options.dataDevice) fs.symlinkSync(options.dataDevice, paths.data);
-    if (options.metadataDevice) fs.symlinkSync(options.metadataDevice, paths.metadata);
     try {
+      if (options.dataDevice) fs.symlinkSync(options.dataDevice, paths.data);
+      if (options.metadataDevice) fs.symlinkSync(options.metadataDevice, paths.metadata);
       const dataBytes = prepareBacking(paths.data, options.dataSizeBytes ?? 0, 'data');
       const nrDataBlocks = Math.floor(dataBytes / blockBytes);
-      if (nrDataBlocks < 1) throw new PoolConfigError(`data size ${formatSize(dataBytes)} is smaller than one ${formatSize(blockBytes)} block`);
+      if (nrDataBlocks < 1)
+        throw new PoolConfigError(
+          `data size ${formatSize(dataBytes)} is smaller than one ${formatSize(blockBytes)} block`,
+        );
       if (dataBytes % blockBytes) {
-        log.warn(`data size is not a multiple of the block size; the last ${formatSize(dataBytes % blockBytes)} stay unused`);
+        log.warn(
+          `data size is not a multiple of the block size; the last ${formatSize(dataBytes % blockBytes)} stay unused`,
+        );
       }
       let metadataBytes = options.metadataSizeBytes ?? defaultMetadataBytes(nrDataBlocks);
-      if (metadataBytes < MIN_METADATA_BYTES) throw new PoolConfigError(`metadata size ${formatSize(metadataBytes)} is below the 1 MiB minimum`);
+      if (metadataBytes < MIN_METADATA_BYTES)
+        throw new PoolConfigError(`metadata size ${formatSize(metadataBytes)} is below the 1 MiB minimum`);
       if (metadataBytes > MAX_METADATA_BYTES && !options.metadataDevice) {
-        log.warn(`metadata size ${formatSize(metadataBytes)} exceeds what the format can address; using the first ${formatSize(MAX_METADATA_BYTES)}`);
+        log.warn(
+          `metadata size ${formatSize(metadataBytes)} exceeds what the format can address; using the first ${formatSize(MAX_METADATA_BYTES)}`,
+        );
         metadataBytes = MAX_METADATA_BYTES;
       }
-      const metadataDeviceBytes = prepareBacking(paths.metadata, metadataBytes, 'metadata');
-      if (metadataDeviceBytes > MAX_METADATA_BYTES) {
-        log.warn(`metadata device is larger than the format can address; only the first ${formatSize(MAX_METADATA_BYTES)} are used`);
+      if (prepareBacking(paths.metadata, metadataBytes, 'metadata') > MAX_METADATA_BYTES) {
+        log.warn(
+          `metadata device is larger than the format can address; only the first ${formatSize(MAX_METADATA_BYTES)} are used`,
+        );
       }
       const md = ThinMetadata.format(paths.metadata, { dataBlockSectors: blockBytes / 512, nrDataBlocks });
       md.close();
+      Catalogue.create(paths.catalogue, 0);
       log.info('created pool', { dir, blockBytes, nrDataBlocks, metadataBytes });
     } catch (e) {
-      // Leave nothing half-made behind: a later create must not find an "existing pool".
-      // (For block devices only our symlinks go.)
-      fs.rmSync(paths.metadata, { force: true });
-      fs.rmSync(paths.data, { force: true });
+      // Leave nothing half-made behind (for block devices only our symlinks go).
+      for (const f of [paths.metadata, paths.data, paths.catalogue]) fs.rmSync(f, { force: true });
       throw e;
     }
-    return Pool.open(dir);
+    return Pool.open(dir, openOptions);
   }
 
-  static open(dir: string, options: PoolOpenOptions = {}): Pool {
+  static async open(dir: string, options: PoolOpenOptions = {}): Promise<Pool> {
     const paths = poolPaths(dir);
-    if (!fs.existsSync(paths.metadata)) throw new PoolConfigError(`${dir} is not a pool: ${paths.metadata} is missing`);
+    if (!fs.existsSync(paths.metadata))
+      throw new PoolConfigError(`${dir} is not a pool: ${paths.metadata} is missing`);
     const md = ThinMetadata.open(paths.metadata, options);
-    let dataFd: number;
+    let data: fsp.FileHandle | undefined;
     try {
       if (!options.skipVerify) md.verifyTrees();
-      dataFd = fs.openSync(paths.data, options.readOnly ? 'r' : 'r+');
-      const dataBytes = deviceSizeBytes(dataFd, paths.data);
+      data = await fsp.open(paths.data, options.readOnly ? 'r' : 'r+');
+      const dataBytes = deviceSizeBytes(data.fd, paths.data);
       const needed = md.sb.dataSpaceMap.nrBlocks * md.dataBlockBytes;
       if (dataBytes < needed) {
-        fs.closeSync(dataFd);
-        throw new PoolConfigError(`${paths.data} holds ${formatSize(dataBytes)} but the metadata maps ${formatSize(needed)}`);
+        throw new PoolConfigError(
+          `${paths.data} holds ${formatSize(dataBytes)} but the metadata maps ${formatSize(needed)}`,
+        );
       }
+      const catalogue = fs.existsSync(paths.catalogue)
+        ? Catalogue.load(paths.catalogue)
+        : Catalogue.create(paths.catalogue, md.sb.transactionId);
+      const pool = new Pool(dir, md, data, catalogue, options);
+      pool.reconcile();
+      return pool;
     } catch (e) {
+      await data?.close();
       md.close();
       throw e;
     }
-    return new Pool(dir, md, dataFd);
+  }
+
+  // ---- devices ----
+
+  /** Lowest id not in use (ids are 24-bit). */
+  nextDeviceId(): number {
+    const used = new Set(this.md.deviceIds());
+    for (let id = 0; id <= MAX_DEVICE_ID; id++) if (!used.has(id)) return id;
+    throw new PoolError('all 2^24 device ids are in use', 'ENOSPC');
+  }
+
+  async createThin(id: number, sizeBytes: number, labels: Record<string, string> = {}): Promise<DeviceInfo> {
+    this.checkSize(sizeBytes);
+    await this.changeDeviceSet('create', id, { sizeBytes, createdAt: new Date().toISOString(), labels }, () =>
+      this.md.createThin(id),
+    );
+    return this.deviceInfo(id);
+  }
+
+  /** An O(1) snapshot of `originId`; its size defaults to the origin's and may only be larger. */
+  async createSnap(
+    id: number,
+    originId: number,
+    options: { sizeBytes?: number; labels?: Record<string, string> } = {},
+  ): Promise<DeviceInfo> {
+    const origin = this.catalogue.get(originId);
+    if (!origin || !this.md.deviceExists(originId)) throw new DeviceNotFoundError(originId);
+    const sizeBytes = options.sizeBytes ?? origin.sizeBytes;
+    this.checkSize(sizeBytes);
+    if (sizeBytes < origin.sizeBytes)
+      throw new PoolError(
+        `a snapshot cannot be smaller than its origin (${origin.sizeBytes} bytes)`,
+        'EINVAL',
+      );
+    const entry = {
+      sizeBytes,
+      origin: originId,
+      createdAt: new Date().toISOString(),
+      labels: options.labels ?? {},
+    };
+    await this.changeDeviceSet('create', id, entry, () => this.md.createSnap(id, originId));
+    this.open.get(originId)?.refreshSharing();
+    return this.deviceInfo(id);
+  }
+
+  async deleteDevice(id: number): Promise<void> {
+    if (!this.md.deviceExists(id)) throw new DeviceNotFoundError(id);
+    await this.changeDeviceSet('delete', id, undefined, () => this.md.deleteDevice(id));
+    this.open.delete(id);
+  }
+
+  /** Grows a device's virtual size (a catalogue change: dm-thin stores no size). */
+  async resizeDevice(id: number, sizeBytes: number): Promise<DeviceInfo> {
+    this.checkSize(sizeBytes);
+    const entry = this.catalogue.get(id);
+    if (!entry) throw new DeviceNotFoundError(id);
+    if (sizeBytes < entry.sizeBytes)
+      throw new PoolError(
+        `shrinking device ${id} from ${entry.sizeBytes} to ${sizeBytes} bytes is not supported`,
+        'EINVAL',
+      );
+    await this.gate.exclusive(() => this.catalogue.update(id, { sizeBytes }));
+    const dev = this.open.get(id);
+    if (dev) dev.sizeBytes = sizeBytes;
+    return this.deviceInfo(id);
+  }
+
+  async setLabels(id: number, labels: Record<string, string>): Promise<DeviceInfo> {
+    if (!this.catalogue.get(id)) throw new DeviceNotFoundError(id);
+    await this.gate.exclusive(() => this.catalogue.update(id, { labels }));
+    return this.deviceInfo(id);
+  }
+
+  device(id: number, options: { readOnly?: boolean } = {}): ThinDevice {
+    const entry = this.catalogue.get(id);
+    if (!entry || !this.md.deviceExists(id)) throw new DeviceNotFoundError(id);
+    if (options.readOnly) return new ThinDevice(this, id, entry.sizeBytes, true);
+    let dev = this.open.get(id);
+    if (!dev) {
+      dev = new ThinDevice(this, id, entry.sizeBytes);
+      this.open.set(id, dev);
+    }
+    return dev;
+  }
+
+  deviceInfo(id: number): DeviceInfo {
+    const entry = this.catalogue.get(id);
+    const details = this.md.deviceDetails(id);
+    if (!entry || !details) throw new DeviceNotFoundError(id);
+    return { id, ...entry, details };
+  }
+
+  listDevices(): DeviceInfo[] {
+    return this.catalogue.ids().map((id) => this.deviceInfo(id));
+  }
+
+  // ---- metadata snapshot, delta ----
+
+  reserveMetadataSnap(): Promise<number> {
+    return this.gate.exclusive(() => this.metadataChange(() => this.md.reserveMetadataSnap()));
+  }
+
+  releaseMetadataSnap(): Promise<void> {
+    return this.gate.exclusive(() => this.metadataChange(() => this.md.releaseMetadataSnap()));
+  }
+
+  /**
+   * Where two devices' mappings differ. With `useMetadataSnap`, reads the held metadata
+   * snapshot (a frozen view; the pool keeps writing meanwhile).
+   */
+  async delta(a: number, b: number, options: { useMetadataSnap?: boolean } = {}): Promise<DeltaRange[]> {
+    return this.gate.run(async () => deltaRanges(this.md, this.viewFor(options), a, b));
+  }
+
+  async allocated(id: number, options: { useMetadataSnap?: boolean } = {}): Promise<MappedRange[]> {
+    return this.gate.run(async () => allocatedRanges(this.md, this.viewFor(options), id));
+  }
+
+  private viewFor(options: { useMetadataSnap?: boolean }): Superblock {
+    if (!options.useMetadataSnap) return this.md.sb;
+    const held = this.md.heldSuperblock();
+    if (!held) throw new PoolError('no metadata snapshot is held (reserve one first)', 'ENOENT');
+    return held;
+  }
+
+  // ---- space ----
+
+  /** Grows the data file (or takes a grown block device) and the data space map with it. */
+  async resize(dataSizeBytes?: number): Promise<PoolStatus> {
+    this.checkWritable();
+    const path = poolPaths(this.dir).data;
+    const st = fs.statSync(path);
+    if (dataSizeBytes !== undefined && st.isFile()) {
+      if (dataSizeBytes < st.size) throw new PoolError('shrinking the data file is not supported', 'EINVAL');
+      await this.data.truncate(dataSizeBytes);
+    }
+    const nrBlocks = Math.floor(deviceSizeBytes(this.data.fd, path) / this.blockBytes);
+    await this.gate.exclusive(() =>
+      this.metadataChange(() => {
+        if (nrBlocks > this.md.dataSm!.counts.nrBlocks) this.md.dataSm!.extend(nrBlocks);
+      }),
+    );
+    log.info('pool resized', { dataBlocks: nrBlocks });
+    this.lowWaterRaised = false;
+    for (const wake of this.spaceWaiters.splice(0)) wake();
+    this.emit('resized', nrBlocks);
+    return this.status();
+  }
+
+  allocDataBlock(): number {
+    const counts = this.md.dataSm!.counts;
+    if (this.md.metadataSm.counts.nrAllocatable < METADATA_RESERVE_BLOCKS) {
+      this.failMetadata(new NoMetadataSpaceError('a data mapping (metadata reserve reached)'));
+    }
+    const block = counts.allocate();
+    if (block === undefined) throw new NoDataSpaceError();
+    this.metaDirty = true;
+    const low = this.options.lowWaterBlocks;
+    if (low !== undefined && !this.lowWaterRaised && counts.nrFree < low) {
+      this.lowWaterRaised = true;
+      log.warn('data space below the low-water mark', { freeBlocks: counts.nrFree, lowWaterBlocks: low });
+      setImmediate(() => this.emit('low-water', counts.nrFree));
+    }
+    return block;
+  }
+
+  releaseDataBlock(dataBlock: number): void {
+    this.md.dataSm!.counts.dec(dataBlock);
+  }
+
+  /** After a failed allocation: commit to free pending blocks; then fail or wait per policy. */
+  async waitForSpace(): Promise<void> {
+    const counts = this.md.dataSm!.counts;
+    if (counts.nrAllocatable === 0 && counts.nrFree > 0) {
+      await this.commit();
+      return;
+    }
+    if (counts.nrAllocatable > 0) return;
+    if ((this.options.noSpacePolicy ?? 'error') === 'error') throw new OutOfDataSpaceError();
+    const timeoutMs = this.options.noSpaceTimeoutMs ?? 60_000;
+    log.warn('out of data space: queueing writes until the pool grows', { timeoutMs });
+    this.emit('out-of-space');
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.spaceWaiters = this.spaceWaiters.filter((w) => w !== wake);
+        reject(new OutOfDataSpaceError(`no space after waiting ${timeoutMs} ms`));
+      }, timeoutMs);
+      const wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.spaceWaiters.push(wake);
+    });
+  }
+
+  // ---- data I/O for devices ----
+
+  async readData(dataBlock: number, offsetInBlock: number, into: Buffer): Promise<void> {
+    let done = 0;
+    const base = dataBlock * this.blockBytes + offsetInBlock;
+    while (done < into.length) {
+      const { bytesRead } = await this.data.read(into, done, into.length - done, base + done);
+      if (bytesRead === 0) throw new PoolError(`short read of data block ${dataBlock}`, 'EIO');
+      done += bytesRead;
+    }
+  }
+
+  async writeData(dataBlock: number, offsetInBlock: number, data: Buffer): Promise<void> {
+    let done = 0;
+    const base = dataBlock * this.blockBytes + offsetInBlock;
+    while (done < data.length) {
+      const { bytesWritten } = await this.data.write(data, done, data.length - done, base + done);
+      done += bytesWritten;
+    }
+    this.dataDirty = true;
+  }
+
+  noteDataWrite(): void {
+    this.dataDirty = true;
+  }
+
+  checkWritable(): void {
+    if (this.readOnlyReason) throw new PoolReadOnlyError(this.readOnlyReason);
+  }
+
+  // ---- transactions ----
+
+  /** Makes everything acknowledged so far durable: data first, then metadata, superblock last. */
+  flush(): Promise<void> {
+    return this.commit();
+  }
+
+  commit(): Promise<void> {
+    return this.gate.exclusive(() => this.commitNow());
   }
 
   status(): PoolStatus {
     const sb = this.md.sb;
     return {
       path: this.dir,
+      mode: this.readOnlyReason ? 'read-only' : 'read-write',
       transactionId: sb.transactionId,
       time: sb.time,
-      dataBlockBytes: this.md.dataBlockBytes,
+      dataBlockBytes: this.blockBytes,
       dataBlocksUsed: this.md.dataSm!.counts.nrAllocated,
       dataBlocksTotal: this.md.dataSm!.counts.nrBlocks,
       metadataBlocksUsed: this.md.metadataSm.counts.nrAllocated,
       metadataBlocksTotal: this.md.metadataSm.counts.nrBlocks,
       heldMetadataRoot: sb.heldRoot || null,
-      devices: this.md.devices.count(sb.dataMappingRoot),
-      needsCheck: (sb.flags & 1) !== 0,
+      devices: this.md.deviceIds().length,
+      needsCheck: (sb.flags & NEEDS_CHECK_FLAG) !== 0,
     };
   }
 
-  close(): void {
+  get readOnlyBecause(): string | undefined {
+    return this.readOnlyReason;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    if (!this.readOnlyReason) await this.commit();
+    await this.data.close();
     this.md.close();
-    fs.closeSync(this.dataFd);
+  }
+
+  private async commitNow(): Promise<void> {
+    if (this.readOnlyReason || (!this.metaDirty && !this.dataDirty)) return;
+    if (this.dataDirty) await this.data.datasync();
+    this.dataDirty = false;
+    if (this.metaDirty) {
+      this.metaDirty = false;
+      this.guardMetadata(() => this.md.commit());
+    }
+  }
+
+  private async periodicCommit(): Promise<void> {
+    try {
+      await this.commit();
+    } catch (e) {
+      log.error('periodic commit failed', { error: (e as Error).message });
+    }
+  }
+
+  /** A metadata change run alone, committed at once. */
+  private metadataChange<T>(fn: () => T): T {
+    this.checkWritable();
+    return this.guardMetadata(() => {
+      const result = fn();
+      this.md.commit();
+      return result;
+    });
+  }
+
+  // Running out of metadata space mid-change leaves the in-memory trees half-changed: drop them,
+  // flag the committed superblock needs_check and carry on read-only from the last commit.
+  private guardMetadata<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      if (e instanceof NoMetadataSpaceError) this.failMetadata(e);
+      throw e;
+    }
+  }
+
+  private failMetadata(cause: Error): never {
+    const path = poolPaths(this.dir).metadata;
+    log.error('metadata space exhausted: pool switched to read-only with needs_check set', {
+      error: cause.message,
+    });
+    this.md.close();
+    const committed = ThinMetadata.open(path);
+    const sb = { ...committed.sb, flags: committed.sb.flags | NEEDS_CHECK_FLAG };
+    committed.bm.writeNow(0, encodeSuperblock(sb), superblockValidator);
+    committed.close();
+    this.md = ThinMetadata.open(path, { readOnly: true });
+    this.readOnlyReason =
+      'out of metadata space (needs_check is set; run thinpool pool check, then grow the metadata)';
+    this.metaDirty = false;
+    if (this.timer) clearInterval(this.timer);
+    for (const dev of this.open.values()) dev.refreshSharing();
+    throw new PoolReadOnlyError(this.readOnlyReason);
+  }
+
+  // intent → pool commit with the next transaction id → catalogue commit. A crash between any
+  // two steps is settled by `reconcile` on the next open.
+  private async changeDeviceSet(
+    op: 'create' | 'delete',
+    id: number,
+    entry: CatalogueEntry | undefined,
+    apply: () => void,
+  ): Promise<void> {
+    await this.gate.exclusive(async () => {
+      this.checkWritable();
+      if (op === 'create' && (this.md.deviceExists(id) || this.catalogue.get(id)))
+        throw new DeviceExistsError(id);
+      await this.commitNow();
+      const from = this.md.sb.transactionId;
+      const to = from + 1;
+      this.catalogue.recordIntent(
+        op === 'create'
+          ? { op, id, entry: entry!, fromTransactionId: from, toTransactionId: to }
+          : { op, id, fromTransactionId: from, toTransactionId: to },
+      );
+      faultPoint(`${op}:after-intent`);
+      try {
+        this.metadataChange(() => {
+          apply();
+          this.md.setTransactionId(from, to);
+        });
+      } catch (e) {
+        if (!(e instanceof PoolReadOnlyError)) this.catalogue.abandonIntent();
+        throw e;
+      }
+      faultPoint(`${op}:after-pool-commit`);
+      this.catalogue.completeIntent();
+      faultPoint(`${op}:after-catalogue`);
+      log.info(`${op === 'create' ? 'created' : 'deleted'} thin device`, { id, transactionId: to });
+    });
+  }
+
+  /** Brings the catalogue in line with the metadata after a crash between the steps of a change. */
+  private reconcile(): void {
+    const cat = this.catalogue;
+    const tid = this.md.sb.transactionId;
+    const intent = cat.intent;
+    let committed: boolean | undefined;
+    if (intent) {
+      if (tid === intent.toTransactionId) committed = true;
+      else if (tid === intent.fromTransactionId) committed = false;
+      else {
+        throw new CatalogueError(
+          `catalogue intent (${intent.op} ${intent.id}, transaction ${intent.fromTransactionId}→${intent.toTransactionId}) ` +
+            `matches neither side of the pool's transaction id ${tid}`,
+        );
+      }
+      log.warn(
+        `${committed ? 'finishing' : 'dropping'} a device ${intent.op} interrupted ${committed ? 'after' : 'before'} the pool commit`,
+        {
+          id: intent.id,
+        },
+      );
+      if (!this.readOnlyReason) {
+        if (committed) cat.completeIntent();
+        else cat.abandonIntent();
+      }
+    } else if (cat.transactionId !== tid) {
+      throw new CatalogueError(`catalogue is at transaction ${cat.transactionId} but the pool is at ${tid}`);
+    }
+    // A read-only open cannot rewrite the catalogue; apply the intent in memory for the check.
+    const ids = new Set(cat.ids());
+    if (intent && committed && this.readOnlyReason) {
+      if (intent.op === 'create') ids.add(intent.id);
+      else ids.delete(intent.id);
+    }
+    const inMetadata = this.md.deviceIds();
+    const inCatalogue = [...ids].sort((x, y) => x - y);
+    if (inMetadata.join(',') !== inCatalogue.join(',')) {
+      throw new CatalogueError(
+        `devices in the metadata (${inMetadata.join(',')}) and the catalogue (${inCatalogue.join(',')}) differ`,
+      );
+    }
+  }
+
+  private checkSize(sizeBytes: number): void {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512) {
+      throw new PoolError(`device size ${sizeBytes} must be a positive multiple of 512 bytes`, 'EINVAL');
+    }
   }
 }

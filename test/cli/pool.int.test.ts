@@ -13,31 +13,48 @@ describe('thinpool pool create', () => {
     ['64k', '10G', 128, 163840],
     ['1m', '3G', 2048, 3072],
     ['192k', '1G', 384, 5461],
-  ])('with block size %s and data size %s passes both thin_check versions', async (block, data, sectors, blocks) => {
-    const dir = path.join(tmp.dir, `pool-${block}`);
-    const created = await thinpool(['pool', 'create', dir, '--data-size', data, '--block-size', block, '--json']);
-    expect(created).toMatchObject({ code: 0 });
-    const status = JSON.parse(created.stdout);
-    expect(status).toMatchObject({ dataBlocksTotal: blocks, dataBlockBytes: sectors * 512, transactionId: 0, devices: 0 });
+  ])(
+    'with block size %s and data size %s passes both thin_check versions',
+    async (block, data, sectors, blocks) => {
+      const dir = path.join(tmp.dir, `pool-${block}`);
+      const created = await thinpool([
+        'pool',
+        'create',
+        dir,
+        '--data-size',
+        data,
+        '--block-size',
+        block,
+        '--json',
+      ]);
+      expect(created).toMatchObject({ code: 0 });
+      const status = JSON.parse(created.stdout);
+      expect(status).toMatchObject({
+        dataBlocksTotal: blocks,
+        dataBlockBytes: sectors * 512,
+        transactionId: 0,
+        devices: 0,
+      });
 
-    const metadata = path.join(dir, 'metadata');
-    for (const r of await thinCheckBoth(metadata)) expect(r).toMatchObject({ code: 0 });
-    const dump = await thinDump(metadata);
-    expect(dump).toContain(`data_block_size="${sectors}"`);
-    expect(dump).toContain(`nr_data_blocks="${blocks}"`);
+      const metadata = path.join(dir, 'metadata');
+      for (const r of await thinCheckBoth(metadata)) expect(r).toMatchObject({ code: 0 });
+      const dump = await thinDump(metadata);
+      expect(dump).toContain(`data_block_size="${sectors}"`);
+      expect(dump).toContain(`nr_data_blocks="${blocks}"`);
 
-    // No tool checks the magic number or the superblock's own location; the kernel does.
-    const sb = Buffer.alloc(64);
-    const fd = fs.openSync(metadata, 'r');
-    fs.readSync(fd, sb, 0, 64, 0);
-    fs.closeSync(fd);
-    expect(sb.subarray(0x20, 0x28)).toEqual(Buffer.from([0xba, 0x52, 0x9c, 0x01, 0, 0, 0, 0]));
-    expect(sb.subarray(0x08, 0x10)).toEqual(Buffer.alloc(8));
-    expect(sb.readUInt32LE(0x28)).toBe(2);
+      // No tool checks the magic number or the superblock's own location; the kernel does.
+      const sb = Buffer.alloc(64);
+      const fd = fs.openSync(metadata, 'r');
+      fs.readSync(fd, sb, 0, 64, 0);
+      fs.closeSync(fd);
+      expect(sb.subarray(0x20, 0x28)).toEqual(Buffer.from([0xba, 0x52, 0x9c, 0x01, 0, 0, 0, 0]));
+      expect(sb.subarray(0x08, 0x10)).toEqual(Buffer.alloc(8));
+      expect(sb.readUInt32LE(0x28)).toBe(2);
 
-    // Both files are sparse: creating a 10G pool must not write 10G.
-    expect(fs.statSync(path.join(dir, 'data')).blocks * 512).toBeLessThan(1 << 20);
-  });
+      // Both files are sparse: creating a 10G pool must not write 10G.
+      expect(fs.statSync(path.join(dir, 'data')).blocks * 512).toBeLessThan(1 << 20);
+    },
+  );
 
   it('prints the status of an existing pool, human and JSON', async () => {
     const dir = path.join(tmp.dir, 'status');
@@ -48,7 +65,12 @@ describe('thinpool pool create', () => {
     expect(human.stdout).toMatch(/data blocks\s+0 used of 16384/);
     expect(human.stdout).toMatch(/held metadata root\s+-/);
     const json = JSON.parse((await thinpool(['pool', 'status', dir, '--json'])).stdout);
-    expect(json).toMatchObject({ dataBlocksUsed: 0, dataBlocksTotal: 16384, heldMetadataRoot: null, devices: 0 });
+    expect(json).toMatchObject({
+      dataBlocksUsed: 0,
+      dataBlocksTotal: 16384,
+      heldMetadataRoot: null,
+      devices: 0,
+    });
     expect(json.metadataBlocksUsed).toBeGreaterThan(0);
     const check = await thinpool(['pool', 'check', dir]);
     expect(check).toMatchObject({ code: 0 });
@@ -83,7 +105,16 @@ describe('thinpool pool create', () => {
 
   it('warns and uses only the addressable part of oversized metadata', async () => {
     const dir = path.join(tmp.dir, 'bigmeta');
-    const r = await thinpool(['pool', 'create', dir, '--data-size', '1G', '--metadata-size', '17G', '--json']);
+    const r = await thinpool([
+      'pool',
+      'create',
+      dir,
+      '--data-size',
+      '1G',
+      '--metadata-size',
+      '17G',
+      '--json',
+    ]);
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/exceeds what the format can address/);
     expect(JSON.parse(r.stdout).metadataBlocksTotal).toBe(255 * 16320);

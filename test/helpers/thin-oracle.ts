@@ -7,7 +7,11 @@ export interface ThinCheckResult {
 }
 
 /** Runs thin_check (0.9 by default flags leaks as errors too) and returns its verdict. */
-export async function thinCheck(metadata: string, version: ThinToolVersion, extra: string[] = []): Promise<ThinCheckResult> {
+export async function thinCheck(
+  metadata: string,
+  version: ThinToolVersion,
+  extra: string[] = [],
+): Promise<ThinCheckResult> {
   const r = await runTool(thinTool('thin_check', version), [...extra, metadata]);
   return { version, code: r.code, output: r.stdout + r.stderr };
 }

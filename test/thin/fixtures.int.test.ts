@@ -14,29 +14,48 @@ afterAll(() => tmp.cleanup());
 
 /** Several devices with ≥ 10,000 mappings in runs, singles and shared ranges over several tree levels. */
 function largeXml(): string {
-  const lines = [`<superblock uuid="" time="3" transaction="9" version="2" data_block_size="128" nr_data_blocks="100000">`];
+  const lines = [
+    `<superblock uuid="" time="3" transaction="9" version="2" data_block_size="128" nr_data_blocks="100000">`,
+  ];
   let nextData = 0;
   const origin: string[] = [];
   let mapped = 0;
-  for (let vblock = 0; vblock < 12000; ) {
+  for (let vblock = 0; vblock < 12000;) {
     const run = 1 + ((vblock * 7919) % 13);
-    origin.push(`    <range_mapping origin_begin="${vblock}" data_begin="${nextData}" length="${run}" time="${vblock % 3}"/>`);
+    origin.push(
+      `    <range_mapping origin_begin="${vblock}" data_begin="${nextData}" length="${run}" time="${vblock % 3}"/>`,
+    );
     nextData += run + 1;
     mapped += run;
     vblock += run + (vblock % 5 === 0 ? 3 : 0);
   }
-  lines.push(`  <device dev_id="1" mapped_blocks="${mapped}" transaction="0" creation_time="0" snap_time="2">`, ...origin, '  </device>');
-  lines.push(`  <device dev_id="2" mapped_blocks="${mapped}" transaction="3" creation_time="2" snap_time="2">`, ...origin, '  </device>');
+  lines.push(
+    `  <device dev_id="1" mapped_blocks="${mapped}" transaction="0" creation_time="0" snap_time="2">`,
+    ...origin,
+    '  </device>',
+  );
+  lines.push(
+    `  <device dev_id="2" mapped_blocks="${mapped}" transaction="3" creation_time="2" snap_time="2">`,
+    ...origin,
+    '  </device>',
+  );
   const singles: string[] = [];
-  for (let i = 0; i < 3000; i++) singles.push(`    <single_mapping origin_block="${i * 97}" data_block="${nextData + i}" time="3"/>`);
-  lines.push(`  <device dev_id="16777215" mapped_blocks="3000" transaction="8" creation_time="3" snap_time="3">`, ...singles, '  </device>');
+  for (let i = 0; i < 3000; i++)
+    singles.push(`    <single_mapping origin_block="${i * 97}" data_block="${nextData + i}" time="3"/>`);
+  lines.push(
+    `  <device dev_id="16777215" mapped_blocks="3000" transaction="8" creation_time="3" snap_time="3">`,
+    ...singles,
+    '  </device>',
+  );
   lines.push('</superblock>');
   return lines.join('\n');
 }
 
 const fixtures: Record<string, () => string> = {
-  empty: () => `<superblock uuid="" time="0" transaction="0" version="2" data_block_size="128" nr_data_blocks="1024">\n</superblock>`,
-  'two devices sharing mappings': () => fs.readFileSync(path.join(__dirname, '../fixtures/two-devices.xml'), 'utf8'),
+  empty: () =>
+    `<superblock uuid="" time="0" transaction="0" version="2" data_block_size="128" nr_data_blocks="1024">\n</superblock>`,
+  'two devices sharing mappings': () =>
+    fs.readFileSync(path.join(__dirname, '../fixtures/two-devices.xml'), 'utf8'),
   'over 10,000 mappings': largeXml,
 };
 

@@ -1,10 +1,14 @@
 import type { Argv } from 'yargs';
-import { Pool } from '../../thin/pool';
+import { Pool, PoolStatus } from '../../thin/pool';
 import { checkMetadata } from '../../thin/check';
 import { poolPaths } from '../../thin/pool-files';
 import { formatSize, parseSize } from '../../util/size';
 import { printResult } from '../output';
 import { CommandFailed } from '../errors';
+import { withPool } from '../pool-session';
+
+const json = { type: 'boolean', default: false, describe: 'print JSON' } as const;
+const poolArg = { type: 'string', demandOption: true, describe: 'pool directory' } as const;
 
 export function poolCommands(yargs: Argv): Argv {
   return yargs
@@ -13,52 +17,59 @@ export function poolCommands(yargs: Argv): Argv {
       'create an empty pool (sparse metadata and data files in a directory)',
       (y) =>
         y
-          .positional('pool', { type: 'string', demandOption: true, describe: 'pool directory' })
+          .positional('pool', poolArg)
           .option('data-size', { type: 'string', describe: 'size of the data file, e.g. 10G' })
-          .option('block-size', { type: 'string', default: '64k', describe: 'data block size: 64k..1G in 64k steps' })
-          .option('metadata-size', { type: 'string', describe: 'size of the metadata file (default from the data size)' })
+          .option('block-size', {
+            type: 'string',
+            default: '64k',
+            describe: 'data block size: 64k..1G in 64k steps',
+          })
+          .option('metadata-size', {
+            type: 'string',
+            describe: 'size of the metadata file (default from the data size)',
+          })
           .option('data-device', { type: 'string', describe: 'block device for data, instead of a file' })
-          .option('metadata-device', { type: 'string', describe: 'block device for metadata, instead of a file' })
-          .option('json', { type: 'boolean', default: false }),
-      (argv) => {
-        if (!argv['data-size'] && !argv['data-device']) throw new CommandFailed('give --data-size (or --data-device)');
-        const pool = Pool.create(argv.pool, {
-          dataSizeBytes: argv['data-size'] ? parseSize(argv['data-size'], '--data-size') : undefined,
-          blockSizeBytes: parseSize(argv['block-size'], '--block-size'),
-          metadataSizeBytes: argv['metadata-size'] ? parseSize(argv['metadata-size'], '--metadata-size') : undefined,
-          dataDevice: argv['data-device'],
-          metadataDevice: argv['metadata-device'],
-        });
+          .option('metadata-device', {
+            type: 'string',
+            describe: 'block device for metadata, instead of a file',
+          })
+          .option('json', json),
+      async (argv) => {
+        if (!argv['data-size'] && !argv['data-device'])
+          throw new CommandFailed('give --data-size (or --data-device)');
+        const pool = await Pool.create(
+          argv.pool,
+          {
+            dataSizeBytes: argv['data-size'] ? parseSize(argv['data-size'], '--data-size') : undefined,
+            blockSizeBytes: parseSize(argv['block-size'], '--block-size'),
+            metadataSizeBytes: argv['metadata-size']
+              ? parseSize(argv['metadata-size'], '--metadata-size')
+              : undefined,
+            dataDevice: argv['data-device'],
+            metadataDevice: argv['metadata-device'],
+          },
+          { commitIntervalMs: 0 },
+        );
         try {
-          printResult(statusView(pool, argv.json), argv.json);
+          printResult(statusView(pool.status(), argv.json), argv.json);
         } finally {
-          pool.close();
+          await pool.close();
         }
       },
     )
     .command(
       'status <pool>',
       'print the pool superblock: transaction id, block size, space used, held metadata root, devices',
-      (y) =>
-        y
-          .positional('pool', { type: 'string', demandOption: true })
-          .option('json', { type: 'boolean', default: false }),
-      (argv) => {
-        const pool = Pool.open(argv.pool, { readOnly: true });
-        try {
-          printResult(statusView(pool, argv.json), argv.json);
-        } finally {
-          pool.close();
-        }
-      },
+      (y) => y.positional('pool', poolArg).option('json', json),
+      (argv) =>
+        withPool(argv.pool, { readOnly: true }, (pool) =>
+          printResult(statusView(pool.status(), argv.json), argv.json),
+        ),
     )
     .command(
       'check <pool>',
       'verify every checksum, tree rule and reference count of the metadata (exit 1 on damage)',
-      (y) =>
-        y
-          .positional('pool', { type: 'string', demandOption: true })
-          .option('json', { type: 'boolean', default: false }),
+      (y) => y.positional('pool', poolArg).option('json', json),
       (argv) => {
         const report = checkMetadata(poolPaths(argv.pool).metadata);
         if (argv.json) printResult({ ...report }, true);
@@ -73,14 +84,52 @@ export function poolCommands(yargs: Argv): Argv {
         if (!report.ok) process.exitCode = 1;
       },
     )
+    .command(
+      'resize <pool>',
+      'grow the data file (or pick up a grown data device) and the pool with it',
+      (y) =>
+        y
+          .positional('pool', poolArg)
+          .option('data-size', { type: 'string', describe: 'new data size' })
+          .option('json', json),
+      (argv) =>
+        withPool(argv.pool, {}, async (pool) => {
+          const size = argv['data-size'] ? parseSize(argv['data-size'], '--data-size') : undefined;
+          printResult(statusView(await pool.resize(size), argv.json), argv.json);
+        }),
+    )
+    .command('msnap', 'reserve or release the metadata snapshot', (y) =>
+      y
+        .command(
+          'reserve <pool>',
+          'freeze the current metadata under a held root (one at a time)',
+          (z) => z.positional('pool', poolArg).option('json', json),
+          (argv) =>
+            withPool(argv.pool, {}, async (pool) => {
+              const heldRoot = await pool.reserveMetadataSnap();
+              printResult({ heldMetadataRoot: heldRoot }, argv.json);
+            }),
+        )
+        .command(
+          'release <pool>',
+          'drop the held metadata snapshot',
+          (z) => z.positional('pool', poolArg).option('json', json),
+          (argv) =>
+            withPool(argv.pool, {}, async (pool) => {
+              await pool.releaseMetadataSnap();
+              printResult({ heldMetadataRoot: null }, argv.json);
+            }),
+        )
+        .demandCommand(1, 'reserve or release?'),
+    )
     .demandCommand(1, 'name a pool command');
 }
 
-function statusView(pool: Pool, json: boolean): Record<string, unknown> {
-  const s = pool.status();
-  if (json) return { ...s };
+function statusView(s: PoolStatus, asJson: boolean): Record<string, unknown> {
+  if (asJson) return { ...s };
   return {
     pool: s.path,
+    mode: s.mode,
     'transaction id': s.transactionId,
     'data block size': formatSize(s.dataBlockBytes),
     'data blocks': `${s.dataBlocksUsed} used of ${s.dataBlocksTotal} (${formatSize(s.dataBlocksTotal * s.dataBlockBytes)})`,

@@ -83,7 +83,8 @@ export class TreeChecker {
     }
     const n = node.nrEntries;
     const max = node.maxEntries;
-    if (node.isLeaf && node.valueSize !== valueSize) error(`value size ${node.valueSize}, expected ${valueSize}`);
+    if (node.isLeaf && node.valueSize !== valueSize)
+      error(`value size ${node.valueSize}, expected ${valueSize}`);
     if (max % 3 !== 0) error(`max entries ${max} not divisible by 3`);
     if (!isRoot && n < Math.floor(max / 3)) error(`too few entries: ${n} < ${Math.floor(max / 3)}`);
     if (!isRoot && n === 0) return null;
@@ -103,7 +104,8 @@ export class TreeChecker {
         const childHigh = i + 1 < n ? node.key(i + 1) : high;
         const child = this.visit(node.child(i), valueSize, label, visitor, false, node.key(i), childHigh);
         if (!child) continue;
-        if (height >= 0 && child.height !== height) error(`children at different depths (${height} and ${child.height})`);
+        if (height >= 0 && child.height !== height)
+          error(`children at different depths (${height} and ${child.height})`);
         height = Math.max(height, child.height);
         entries += child.entries;
       }

@@ -1,0 +1,71 @@
+/**
+ * Lets many I/O operations run at once while pool-wide changes (commit, device create/delete,
+ * metadata snapshot) run alone: an exclusive section waits for in-flight operations to drain
+ * and holds new ones back until it is done.
+ */
+export class IoGate {
+  private inflight = 0;
+  private drained: (() => void) | undefined;
+  private closed: Promise<void> | undefined;
+  private exclusiveTail: Promise<unknown> = Promise.resolve();
+
+  /** Waits while an exclusive section runs; pair every enter with a leave. */
+  async enter(): Promise<void> {
+    while (this.closed) await this.closed;
+    this.inflight++;
+  }
+
+  leave(): void {
+    this.inflight--;
+    if (this.inflight === 0 && this.drained) this.drained();
+  }
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    await this.enter();
+    try {
+      return await fn();
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** Runs `fn` with no I/O in flight; exclusive sections run one after another. */
+  exclusive<T>(fn: () => T | Promise<T>): Promise<T> {
+    const result = this.exclusiveTail.then(async () => {
+      let reopen!: () => void;
+      this.closed = new Promise<void>((r) => (reopen = r));
+      try {
+        if (this.inflight > 0) await new Promise<void>((r) => (this.drained = r));
+        this.drained = undefined;
+        return await fn();
+      } finally {
+        this.closed = undefined;
+        reopen();
+      }
+    });
+    this.exclusiveTail = result.catch(() => undefined);
+    return result;
+  }
+}
+
+/** Serializes operations on the same key (a virtual block); different keys run in parallel. */
+export class KeyedLocks {
+  private readonly tails = new Map<number, Promise<void>>();
+
+  async acquire(key: number): Promise<() => void> {
+    const previous = this.tails.get(key);
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    const tail = previous ? previous.then(() => mine) : mine;
+    this.tails.set(key, tail);
+    if (previous) await previous;
+    return () => {
+      release();
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    };
+  }
+
+  get held(): number {
+    return this.tails.size;
+  }
+}

@@ -1,0 +1,276 @@
+import { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../block-device';
+import { NoDataSpaceError } from '../pdata/errors';
+import { IoGate, KeyedLocks } from './io-gate';
+import { DeviceRangeError, PoolReadOnlyError } from './errors';
+import { Mapping } from './mapping';
+import { ThinMetadata } from './metadata';
+
+/** What a thin device needs from its pool (kept narrow so the two stay separable). */
+export interface DeviceHost {
+  readonly md: ThinMetadata;
+  readonly gate: IoGate;
+  readonly blockBytes: number;
+  readonly skipBlockZeroing: boolean;
+  readData(dataBlock: number, offsetInBlock: number, into: Buffer): Promise<void>;
+  writeData(dataBlock: number, offsetInBlock: number, data: Buffer): Promise<void>;
+  /** A data block with one reference; throws NoDataSpaceError when none is free now. */
+  allocDataBlock(): number;
+  releaseDataBlock(dataBlock: number): void;
+  /** Called outside the gate after an allocation failed: returns when retrying makes sense. */
+  waitForSpace(): Promise<void>;
+  /** Throws when the pool may not be written. */
+  checkWritable(): void;
+  noteDataWrite(): void;
+  flush(): Promise<void>;
+}
+
+interface Segment {
+  vblock: number;
+  /** Offset inside the block. */
+  offset: number;
+  length: number;
+  /** Offset inside the caller's buffer. */
+  at: number;
+}
+
+/**
+ * A thin device as a byte-addressed block device. Reads of unmapped blocks return zeros; the
+ * first write to a block provisions it; a write to a block shared with a snapshot copies it
+ * first (unless the write covers the whole block). Operations on one block are serialized.
+ */
+export class ThinDevice implements BlockDevice {
+  private readonly locks = new KeyedLocks();
+  private snapshottedTime: number;
+
+  constructor(
+    private readonly host: DeviceHost,
+    readonly id: number,
+    public sizeBytes: number,
+    readonly readOnly = false,
+  ) {
+    this.snapshottedTime = this.details().snapshottedTime;
+  }
+
+  /** The pool took a snapshot of (or as) this device: its blocks are now shared. */
+  refreshSharing(): void {
+    this.snapshottedTime = this.details().snapshottedTime;
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.checkRange(offset, length);
+    const out = Buffer.alloc(length);
+    await this.host.gate.run(async () => {
+      const reads: Promise<void>[] = [];
+      let run: { dataBlock: number; offset: number; at: number; length: number } | undefined;
+      const bs = this.host.blockBytes;
+      for (const seg of this.segments(offset, length)) {
+        const m = this.host.md.lookupMapping(this.id, seg.vblock);
+        if (!m) continue;
+        // Coalesce reads of consecutive data blocks into one.
+        if (
+          run &&
+          run.dataBlock * bs + run.offset + run.length === m.dataBlock * bs + seg.offset &&
+          run.at + run.length === seg.at
+        ) {
+          run.length += seg.length;
+          continue;
+        }
+        if (run) reads.push(this.readRun(run, out));
+        run = { dataBlock: m.dataBlock, offset: seg.offset, at: seg.at, length: seg.length };
+      }
+      if (run) reads.push(this.readRun(run, out));
+      await Promise.all(reads);
+    });
+    return out;
+  }
+
+  async write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
+    this.checkWrite(offset, data.length);
+    await this.eachSegment(offset, data.length, (seg) =>
+      this.writeSegment(seg.vblock, seg.offset, data.subarray(seg.at, seg.at + seg.length)),
+    );
+    if (options.fua) await this.host.flush();
+  }
+
+  /** Whole blocks are unmapped (their data freed when unreferenced); partial blocks are zeroed. */
+  async trim(offset: number, length: number, options: WriteOptions = {}): Promise<void> {
+    await this.zeroOrUnmap(offset, length, false);
+    if (options.fua) await this.host.flush();
+  }
+
+  async writeZeroes(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
+    await this.zeroOrUnmap(offset, length, options.noHole ?? false);
+    if (options.fua) await this.host.flush();
+  }
+
+  flush(): Promise<void> {
+    return this.host.flush();
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    this.checkRange(offset, length);
+    const bs = this.host.blockBytes;
+    const end = offset + length;
+    const extents: Extent[] = [];
+    const push = (from: number, to: number, hole: boolean) => {
+      from = Math.max(from, offset);
+      to = Math.min(to, end);
+      if (to <= from) return;
+      const last = extents[extents.length - 1];
+      if (last && last.hole === hole && last.offset + last.length === from) last.length += to - from;
+      else extents.push({ offset: from, length: to - from, hole, zero: hole });
+    };
+    await this.host.gate.run(async () => {
+      let cursor = Math.floor(offset / bs) * bs;
+      for (const [vblock] of this.mappedBlocks(Math.floor(offset / bs), Math.ceil(end / bs))) {
+        push(cursor, vblock * bs, true);
+        push(vblock * bs, (vblock + 1) * bs, false);
+        cursor = (vblock + 1) * bs;
+      }
+      push(cursor, end, true);
+    });
+    return extents;
+  }
+
+  /** Mapped virtual blocks in [first, end), in order. */
+  *mappedBlocks(first: number, end: number): Generator<[number, Mapping]> {
+    const root = this.host.md.deviceRoot(this.id);
+    if (root === undefined) return;
+    for (const [vblock, value] of this.host.md.mappings.entries(root, first, end)) {
+      yield [vblock, { time: value.readUIntLE(0, 3), dataBlock: value.readUIntLE(3, 5) }];
+    }
+  }
+
+  private details() {
+    const d = this.host.md.deviceDetails(this.id);
+    if (!d) throw new DeviceRangeError(`thin device ${this.id} does not exist`);
+    return d;
+  }
+
+  private async readRun(
+    run: { dataBlock: number; offset: number; at: number; length: number },
+    out: Buffer,
+  ): Promise<void> {
+    await this.host.readData(run.dataBlock, run.offset, out.subarray(run.at, run.at + run.length));
+  }
+
+  private async zeroOrUnmap(offset: number, length: number, keepAllocated: boolean): Promise<void> {
+    this.checkWrite(offset, length);
+    const bs = this.host.blockBytes;
+    await this.eachSegment(offset, length, async (seg) => {
+      const whole = seg.length === bs;
+      if (whole && !keepAllocated) return this.unmapBlock(seg.vblock);
+      // Unmapped blocks already read as zeros: only provision them when asked to.
+      if (!keepAllocated && !this.host.md.lookupMapping(this.id, seg.vblock)) return;
+      await this.writeSegment(seg.vblock, seg.offset, Buffer.alloc(seg.length), !keepAllocated);
+    });
+  }
+
+  private async unmapBlock(vblock: number): Promise<void> {
+    const release = await this.locks.acquire(vblock);
+    try {
+      this.host.md.removeMapping(this.id, vblock);
+    } finally {
+      release();
+    }
+  }
+
+  private async writeSegment(
+    vblock: number,
+    offset: number,
+    data: Buffer,
+    onlyIfMapped = false,
+  ): Promise<void> {
+    const host = this.host;
+    const bs = host.blockBytes;
+    const release = await this.locks.acquire(vblock);
+    try {
+      const m = host.md.lookupMapping(this.id, vblock);
+      if (!m && onlyIfMapped) return;
+      if (m && m.time >= this.snapshottedTime) {
+        await host.writeData(m.dataBlock, offset, data);
+        host.noteDataWrite();
+        return;
+      }
+      // Provision a block, or break sharing: build the whole new block unless the write covers it.
+      let block: Buffer | undefined;
+      if (offset === 0 && data.length === bs) block = data;
+      else if (m) {
+        block = Buffer.allocUnsafe(bs);
+        await host.readData(m.dataBlock, 0, block);
+        data.copy(block, offset);
+      } else if (!host.skipBlockZeroing) {
+        block = Buffer.alloc(bs);
+        data.copy(block, offset);
+      }
+      const dataBlock = host.allocDataBlock();
+      try {
+        if (block) await host.writeData(dataBlock, 0, block);
+        else await host.writeData(dataBlock, offset, data);
+      } catch (e) {
+        host.releaseDataBlock(dataBlock);
+        throw e;
+      }
+      host.md.insertMapping(this.id, vblock, dataBlock);
+    } finally {
+      release();
+    }
+  }
+
+  // Runs `fn` on every block-sized piece of the range in parallel; when the pool runs out of
+  // space, waits outside the gate (so a commit can free blocks) and retries what failed.
+  private async eachSegment(
+    offset: number,
+    length: number,
+    fn: (seg: Segment) => Promise<void>,
+  ): Promise<void> {
+    let pending = [...this.segments(offset, length)];
+    for (;;) {
+      const failed: Segment[] = [];
+      let error: unknown;
+      await this.host.gate.run(async () => {
+        const results = await Promise.allSettled(pending.map(fn));
+        results.forEach((r, i) => {
+          if (r.status === 'fulfilled') return;
+          if (r.reason instanceof NoDataSpaceError) failed.push(pending[i]);
+          else error ??= r.reason;
+        });
+      });
+      if (error) throw error;
+      if (failed.length === 0) return;
+      await this.host.waitForSpace();
+      pending = failed;
+    }
+  }
+
+  private *segments(offset: number, length: number): Generator<Segment> {
+    const bs = this.host.blockBytes;
+    for (let pos = offset; pos < offset + length;) {
+      const vblock = Math.floor(pos / bs);
+      const inBlock = pos - vblock * bs;
+      const n = Math.min(bs - inBlock, offset + length - pos);
+      yield { vblock, offset: inBlock, length: n, at: pos - offset };
+      pos += n;
+    }
+  }
+
+  private checkWrite(offset: number, length: number): void {
+    if (this.readOnly) throw new PoolReadOnlyError(`thin device ${this.id} is opened read-only`);
+    this.host.checkWritable();
+    this.checkRange(offset, length);
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new DeviceRangeError(`bad range offset=${offset} length=${length}`);
+    }
+    if (offset % 512 || length % 512) {
+      throw new DeviceRangeError(`offset ${offset} and length ${length} must be multiples of 512`);
+    }
+    if (offset + length > this.sizeBytes) {
+      throw new DeviceRangeError(
+        `range ${offset}+${length} ends beyond the device's ${this.sizeBytes} bytes`,
+      );
+    }
+  }
+}
