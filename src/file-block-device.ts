@@ -12,6 +12,13 @@ export interface FileBlockDeviceOptions {
   readOnly?: boolean;
   /** Create the file (sparse) at this size, or grow/shrink it to this size. */
   sizeBytes?: number;
+  /**
+   * Reads and writes up to this many bytes run synchronously on the event loop (default 0:
+   * always on libuv's threadpool). A page-cache hit then costs ~2 µs instead of a threadpool
+   * round trip (~20 µs of CPU, measured), which doubles 4 KiB IOPS on a 2-core machine, but
+   * a cold read stalls every connection for one disk access: for benchmarks and tests only.
+   */
+  syncIoMaxBytes?: number;
 }
 
 /**
@@ -29,6 +36,7 @@ export class FileBlockDevice implements BlockDevice {
     readonly path: string,
     readonly sizeBytes: number,
     readonly readOnly: boolean,
+    private readonly syncIoMaxBytes: number,
   ) {}
 
   static async open(path: string, options: FileBlockDeviceOptions = {}): Promise<FileBlockDevice> {
@@ -47,7 +55,8 @@ export class FileBlockDevice implements BlockDevice {
       }
       const { size } = await handle.stat();
       // The export size is whole sectors; a ragged tail is not served.
-      return new FileBlockDevice(handle, path, size - (size % SECTOR_BYTES), readOnly);
+      const syncIoMaxBytes = options.syncIoMaxBytes ?? 0;
+      return new FileBlockDevice(handle, path, size - (size % SECTOR_BYTES), readOnly, syncIoMaxBytes);
     } catch (error) {
       await handle.close();
       throw error;
@@ -61,26 +70,39 @@ export class FileBlockDevice implements BlockDevice {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
-    this.check(offset, length);
     const buffer = Buffer.allocUnsafe(length);
+    await this.readInto(offset, buffer);
+    return buffer;
+  }
+
+  /** Reads `target.length` bytes at `offset` into `target` (the NBD server recycles buffers). */
+  async readInto(offset: number, target: Buffer): Promise<void> {
+    const length = target.length;
+    this.check(offset, length);
     let done = 0;
     while (done < length) {
-      const n = await pread(this.handle.fd, buffer, done, length - done, offset + done);
+      const n =
+        length <= this.syncIoMaxBytes
+          ? fs.readSync(this.handle.fd, target, done, length - done, offset + done)
+          : await pread(this.handle.fd, target, done, length - done, offset + done);
       if (n === 0) {
-        buffer.fill(0, done); // the file is shorter than we think (truncated behind our back)
+        target.fill(0, done); // the file is shorter than we think (truncated behind our back)
         break;
       }
       done += n;
     }
-    return buffer;
   }
 
   async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
     this.check(offset, data.length);
     this.checkWritable();
+    const sync = data.length <= this.syncIoMaxBytes;
     let done = 0;
     while (done < data.length) {
-      done += await pwrite(this.handle.fd, data, done, data.length - done, offset + done);
+      const rest = data.length - done;
+      done += sync
+        ? fs.writeSync(this.handle.fd, data, done, rest, offset + done)
+        : await pwrite(this.handle.fd, data, done, rest, offset + done);
     }
     if (options?.fua) await this.handle.datasync();
   }

@@ -78,6 +78,11 @@ export class ByteQueue {
     this.frameOffset = 0;
   }
 
+  /** Whether the next `bytes` bytes sit in one received chunk (so `take` returns a view). */
+  contiguous(bytes: number): boolean {
+    return this.chunks.length > 0 && this.chunks[0].length - this.head >= bytes;
+  }
+
   /** Removes and returns `bytes` bytes: a view when they sit in one chunk, a copy otherwise. */
   take(bytes: number): Buffer {
     if (bytes === 0) return Buffer.alloc(0);

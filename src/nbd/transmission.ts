@@ -2,6 +2,7 @@
 // export's BlockDevice, and answer each as soon as it completes (out of order).
 import type { Socket } from 'node:net';
 import type winston from 'winston';
+import { BufferPool } from './buffer-pool';
 import type { ByteQueue } from './byte-queue';
 import { NbdCommandError, nbdErrorOf, ProtocolError } from './errors';
 import type { Session } from './handshake';
@@ -24,9 +25,26 @@ interface Request extends R.ReplyTarget {
   offset: number;
   length: number;
   payload: Buffer | undefined;
+  /** The payload came from the pool and goes back once the device is done with it. */
+  pooled: boolean;
   /** Bytes of memory this request accounts for while in flight. */
   reserved: number;
 }
+
+/**
+ * Optional BlockDevice extension: read into a buffer the caller provides, so READ data can
+ * live in recycled buffers. FileBlockDevice has it; other devices fall back to `read`.
+ */
+export interface ReadIntoDevice {
+  readInto(offset: number, target: Buffer): Promise<void>;
+}
+
+function canReadInto(device: object): device is ReadIntoDevice {
+  return typeof (device as Partial<ReadIntoDevice>).readInto === 'function';
+}
+
+/** Shared by all connections: bounded, so idle servers hold at most this much. */
+const pool = new BufferPool(64 * 1024 * 1024);
 
 const TWO_POW_32 = 0x100000000;
 /** High halves at or above this make a u64 larger than 2^53. */
@@ -171,6 +189,7 @@ export class Transmission {
         offset: offsetHi >= UNSAFE_HI ? Number.MAX_SAFE_INTEGER : offsetHi * TWO_POW_32 + offsetLo,
         length,
         payload: undefined,
+        pooled: false,
         reserved:
           payloadBytes > 0
             ? payloadBytes
@@ -181,11 +200,12 @@ export class Transmission {
       this.pendingBytes += request.reserved;
       this.inFlight++;
       if (payloadBytes > 0) {
-        if (queue.length >= payloadBytes) {
+        if (queue.contiguous(payloadBytes)) {
           request.payload = queue.take(payloadBytes);
         } else {
-          // Stream the payload into its final buffer as it arrives: one copy, bounded memory.
-          request.payload = Buffer.allocUnsafe(payloadBytes);
+          // Stream the payload into its final (recycled) buffer as it arrives: one copy.
+          request.payload = pool.acquire(payloadBytes);
+          request.pooled = true;
           this.partial = { request, filled: queue.drainInto(request.payload, 0, payloadBytes) };
           continue;
         }
@@ -209,6 +229,8 @@ export class Transmission {
   private complete(request: Request): void {
     this.inFlight--;
     this.pendingBytes -= request.reserved;
+    // Writes are done with their payload once the device's promise settles.
+    if (request.pooled) pool.release(request.payload as Buffer);
     request.payload = undefined;
     if (this.ending) this.finishIfIdle();
     else if (this.inputPaused) this.maybeResume();
@@ -272,26 +294,37 @@ export class Transmission {
   private async read(request: Request): Promise<void> {
     this.checkRange(request, this.structured ? FLAGS_READ : FLAGS_PLAIN, P.NBD_EINVAL);
     if (request.length > P.MAX_PAYLOAD_BYTES) throw new NbdCommandError(P.NBD_EINVAL, 'read too large');
-    const device = this.session.export.device;
     if (request.length === 0) {
       this.replyOk(request);
       return;
     }
-    if (!this.structured) {
-      const data = await device.read(request.offset, request.length);
-      checkLength(data, request.length);
-      this.out(R.simpleReply(request, 0));
-      this.out(data);
-      return;
-    }
-    if (this.sparseReads && !(request.flags & P.NBD_CMD_FLAG_DF)) {
+    if (this.structured && this.sparseReads && !(request.flags & P.NBD_CMD_FLAG_DF)) {
       await this.readSparse(request);
       return;
     }
-    const data = await device.read(request.offset, request.length);
-    checkLength(data, request.length);
-    this.out(R.dataChunkHeader(this.extended, request, true, request.offset, data.length));
-    this.out(data);
+    const { data, pooled } = await this.readData(request.offset, request.length);
+    if (this.structured)
+      this.out(R.dataChunkHeader(this.extended, request, true, request.offset, data.length));
+    else this.out(R.simpleReply(request, 0));
+    this.outData(data, pooled);
+  }
+
+  /** Reads device data, into a recycled buffer when the device supports it. */
+  private async readData(offset: number, length: number): Promise<{ data: Buffer; pooled: boolean }> {
+    const device = this.session.export.device;
+    if (canReadInto(device)) {
+      const data = pool.acquire(length);
+      try {
+        await device.readInto(offset, data);
+      } catch (error) {
+        pool.release(data);
+        throw error;
+      }
+      return { data, pooled: true };
+    }
+    const data = await device.read(offset, length);
+    checkLength(data, length);
+    return { data, pooled: false };
   }
 
   /** Structured READ that answers holes with OFFSET_HOLE chunks instead of zeros. */
@@ -309,17 +342,23 @@ export class Transmission {
     }
     if (cursor < end) pushPiece(pieces, cursor, end - cursor, false);
 
-    const data = await Promise.all(pieces.map((p) => (p.zero ? undefined : device.read(p.offset, p.length))));
+    const reads = await Promise.allSettled(
+      pieces.map((p) => (p.zero ? undefined : this.readData(p.offset, p.length))),
+    );
+    const failure = reads.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure) {
+      for (const r of reads) if (r.status === 'fulfilled' && r.value?.pooled) pool.release(r.value.data);
+      throw failure.reason;
+    }
     for (let i = 0; i < pieces.length; i++) {
       const piece = pieces[i];
       const done = i === pieces.length - 1;
-      const bytes = data[i];
-      if (bytes === undefined) {
+      const read = (reads[i] as PromiseFulfilledResult<{ data: Buffer; pooled: boolean } | undefined>).value;
+      if (read === undefined) {
         this.out(R.holeChunk(this.extended, request, done, piece.offset, piece.length));
       } else {
-        checkLength(bytes, piece.length);
-        this.out(R.dataChunkHeader(this.extended, request, done, piece.offset, bytes.length));
-        this.out(bytes);
+        this.out(R.dataChunkHeader(this.extended, request, done, piece.offset, read.data.length));
+        this.outData(read.data, read.pooled);
       }
     }
   }
@@ -416,14 +455,25 @@ export class Transmission {
   }
 
   /** Queues bytes for the socket; replies finishing in the same tick leave in one writev. */
-  private out(buffer: Buffer): void {
+  private out(buffer: Buffer, written?: () => void): void {
     if (this.stopped || this.socket.destroyed) return;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
       process.nextTick(this.uncork);
     }
-    this.socket.write(buffer);
+    this.socket.write(buffer, written);
+  }
+
+  /** Like `out` for READ data; a pooled buffer goes back once the socket has sent it. */
+  private outData(data: Buffer, pooled: boolean): void {
+    if (!pooled) {
+      this.out(data);
+    } else if (this.stopped || this.socket.destroyed) {
+      pool.release(data);
+    } else {
+      this.out(data, () => pool.release(data));
+    }
   }
 
   private readonly uncork = (): void => {

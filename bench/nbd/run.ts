@@ -1,0 +1,207 @@
+// NBD exporter benchmark: our server (FileBlockDevice), `nbdkit file` and `qemu-nbd` on qcow2,
+// all over unix sockets on the same data, measured with fio's nbd engine in one interleaved
+// run. Writes the table into docs/benchmarks.md under "## NBD exporter".
+//
+//   bash bench/nbd/run.sh [--runtime SECONDS] [--reps N] [--size-mib N] [--dir DIR] [--no-docs]
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+const repoRoot = path.resolve(__dirname, '../../../..');
+
+interface Job {
+  label: string;
+  rw: 'read' | 'write' | 'randread' | 'randwrite';
+  bs: string;
+  iodepth: number;
+}
+
+const jobs: Job[] = [
+  { label: 'seq write 1M qd1', rw: 'write', bs: '1M', iodepth: 1 },
+  { label: 'seq read 1M qd1', rw: 'read', bs: '1M', iodepth: 1 },
+  { label: 'seq write 1M qd16', rw: 'write', bs: '1M', iodepth: 16 },
+  { label: 'seq read 1M qd16', rw: 'read', bs: '1M', iodepth: 16 },
+  { label: 'rand write 4K qd1', rw: 'randwrite', bs: '4k', iodepth: 1 },
+  { label: 'rand read 4K qd1', rw: 'randread', bs: '4k', iodepth: 1 },
+  { label: 'rand write 4K qd16', rw: 'randwrite', bs: '4k', iodepth: 16 },
+  { label: 'rand read 4K qd16', rw: 'randread', bs: '4k', iodepth: 16 },
+];
+
+interface Server {
+  name: string;
+  socket: string;
+  process: ChildProcess;
+}
+
+function option(args: string[], flag: string, fallback: string): string {
+  const at = args.indexOf(flag);
+  return at >= 0 && args[at + 1] !== undefined ? args[at + 1] : fallback;
+}
+
+async function waitForSocket(socket: string, child: ChildProcess, name: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if (existsSync(socket)) return;
+    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode} before listening`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`${name} did not create ${socket}`);
+}
+
+async function startServers(dir: string, raw: string, qcow2: string): Promise<Server[]> {
+  const servers: Server[] = [];
+  const start = async (name: string, command: string, args: string[], socket: string): Promise<void> => {
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+    servers.push({ name, socket, process: child });
+    await waitForSocket(socket, child, name);
+  };
+  const ours = path.join(dir, 'ours.sock');
+  const serve = path.join(__dirname, 'serve.js');
+  await start('thinpool-csi', process.execPath, [serve, raw, '--socket', ours], ours);
+  const nbdkit = path.join(dir, 'nbdkit.sock');
+  await start('nbdkit file', 'nbdkit', ['-f', '-U', nbdkit, 'file', raw], nbdkit);
+  const qemu = path.join(dir, 'qemu.sock');
+  await start('qemu-nbd qcow2', 'qemu-nbd', ['-f', 'qcow2', '-k', qemu, '-t', qcow2], qemu);
+  return servers;
+}
+
+/** Throughput in MiB/s (sequential) or IOPS (random) for one fio run. */
+async function fio(server: Server, job: Job, runtimeSeconds: number, sizeMib: number): Promise<number> {
+  const { stdout } = await run(
+    'fio',
+    [
+      '--name=bench',
+      '--ioengine=nbd',
+      `--uri=nbd+unix:///?socket=${server.socket}`,
+      `--rw=${job.rw}`,
+      `--bs=${job.bs}`,
+      `--iodepth=${job.iodepth}`,
+      `--size=${sizeMib}M`,
+      '--time_based',
+      `--runtime=${runtimeSeconds}`,
+      '--ramp_time=1',
+      '--output-format=json',
+    ],
+    { maxBuffer: 64 * 1024 * 1024 },
+  );
+  // fio's nbd engine prints a line before the JSON.
+  const report = JSON.parse(stdout.slice(stdout.indexOf('{')));
+  const side = job.rw.includes('read') ? report.jobs[0].read : report.jobs[0].write;
+  return job.bs === '1M' ? side.bw / 1024 : side.iops;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+function renderSection(
+  results: Map<string, Map<string, number>>,
+  names: string[],
+  meta: { runtimeSeconds: number; reps: number; sizeMib: number; date: string },
+): string {
+  const lines: string[] = [];
+  lines.push('## NBD exporter', '');
+  lines.push(
+    `fio ${'`'}--ioengine=nbd${'`'} over unix sockets, ${meta.sizeMib} MiB page-cache-backed image, ` +
+      `${meta.runtimeSeconds} s per run after 1 s ramp, median of ${meta.reps} interleaved runs; ` +
+      `${os.cpus().length} CPUs; ${meta.date}. Produced by ${'`'}bash bench/nbd/run.sh${'`'}.`,
+    '',
+  );
+  lines.push(
+    'Our server serves a raw file through `FileBlockDevice`; `nbdkit file` serves the same file; ' +
+      '`qemu-nbd` serves a qcow2 copy of it that holds an internal snapshot (the closest thin+snapshot peer). ' +
+      'Sequential rows are MiB/s, random rows IOPS.',
+    '',
+  );
+  lines.push(`| workload | ${names.join(' | ')} | ours / nbdkit | ours / qemu-nbd |`);
+  lines.push(`|---|${names.map(() => '---:').join('|')}|---:|---:|`);
+  for (const job of jobs) {
+    const row = results.get(job.label) as Map<string, number>;
+    const ours = row.get(names[0]) ?? 0;
+    const ratio = (peer: string): string => {
+      const value = row.get(peer) ?? 0;
+      return value > 0 ? `${(ours / value).toFixed(2)}×` : 'n/a';
+    };
+    const cells = names.map((n) => Math.round(row.get(n) ?? 0).toString());
+    lines.push(`| ${job.label} | ${cells.join(' | ')} | ${ratio(names[1])} | ${ratio(names[2])} |`);
+  }
+  lines.push(
+    '',
+    'Targets: sequential ≥ 0.9× nbdkit, 4 KiB random qd16 ≥ 1.0× qemu-nbd. See docs/nbd.md for what bounds them.',
+    '',
+  );
+  return lines.join('\n');
+}
+
+async function updateDocs(section: string): Promise<void> {
+  const file = path.join(repoRoot, 'docs', 'benchmarks.md');
+  let text = existsSync(file) ? await readFile(file, 'utf8') : '# Benchmarks\n';
+  const start = text.indexOf('## NBD exporter');
+  if (start >= 0) {
+    const next = text.indexOf('\n## ', start + 1);
+    text = text.slice(0, start) + section + (next >= 0 ? text.slice(next + 1) : '');
+  } else {
+    text = text.trimEnd() + '\n\n' + section;
+  }
+  await writeFile(file, text);
+  process.stdout.write(`updated ${file}\n`);
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const runtimeSeconds = Number(option(args, '--runtime', '5'));
+  const reps = Number(option(args, '--reps', '2'));
+  const sizeMib = Number(option(args, '--size-mib', '1024'));
+  const dir = await mkdtemp(path.join(option(args, '--dir', os.tmpdir()), 'nbd-bench-'));
+  const raw = path.join(dir, 'disk.raw');
+  const qcow2 = path.join(dir, 'disk.qcow2');
+  let servers: Server[] = [];
+  try {
+    process.stdout.write(`preparing ${sizeMib} MiB image in ${dir}\n`);
+    await run('dd', ['if=/dev/urandom', `of=${raw}`, 'bs=1M', `count=${sizeMib}`, 'status=none']);
+    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow2]);
+    await run('qemu-img', ['snapshot', '-c', 'base', qcow2]);
+    servers = await startServers(dir, raw, qcow2);
+    const names = servers.map((s) => s.name);
+    const samples = new Map<string, Map<string, number[]>>();
+    for (let rep = 0; rep < reps; rep++) {
+      for (const job of jobs) {
+        for (const server of servers) {
+          const value = await fio(server, job, runtimeSeconds, sizeMib);
+          const byServer = samples.get(job.label) ?? new Map<string, number[]>();
+          samples.set(job.label, byServer);
+          byServer.set(server.name, [...(byServer.get(server.name) ?? []), value]);
+          process.stdout.write(
+            `rep ${rep + 1} ${job.label.padEnd(20)} ${server.name.padEnd(16)} ${value.toFixed(0)}\n`,
+          );
+        }
+      }
+    }
+    const results = new Map<string, Map<string, number>>();
+    for (const [label, byServer] of samples) {
+      results.set(label, new Map([...byServer].map(([name, values]) => [name, median(values)])));
+    }
+    const section = renderSection(results, names, {
+      runtimeSeconds,
+      reps,
+      sizeMib,
+      date: new Date().toISOString().slice(0, 10),
+    });
+    process.stdout.write('\n' + section + '\n');
+    if (!args.includes('--no-docs')) await updateDocs(section);
+  } finally {
+    for (const server of servers) server.process.kill('SIGTERM');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`bench: ${error instanceof Error ? error.stack : String(error)}\n`);
+  process.exit(1);
+});
