@@ -11,10 +11,11 @@ export interface DumpedDevice {
 }
 
 /** Every device and mapping reachable from a superblock (the live one or the held snapshot). */
-export function* dumpDevices(md: ThinMetadata, sb: Superblock = md.sb): Generator<DumpedDevice> {
+export function* dumpDevices(md: ThinMetadata, sb: Superblock = md.sb, only?: ReadonlySet<number>): Generator<DumpedDevice> {
   const details = new Map<number, DeviceDetails>();
   for (const [id, v] of md.details.entries(sb.deviceDetailsRoot)) details.set(id, decodeDetails(v));
   for (const [id, v] of md.devices.entries(sb.dataMappingRoot)) {
+    if (only && !only.has(id)) continue;
     const mappings: [number, Mapping][] = [];
     for (const [vblock, m] of md.mappings.entries(readU64(v, 0))) mappings.push([vblock, decodeMapping(m)]);
     yield { id, details: details.get(id)!, mappings };

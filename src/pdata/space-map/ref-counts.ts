@@ -175,6 +175,19 @@ export class RefCounts {
     return ENTRIES_PER_BITMAP;
   }
 
+  /** Calls `fn` for every block in order with its count (a fast linear scan for checkers). */
+  forEachCount(fn: (block: number, count: number) => void): void {
+    for (let index = 0; index < this.bitmaps.length; index++) {
+      const bitmap = this.bitmaps[index];
+      const base = index * ENTRIES_PER_BITMAP;
+      const limit = Math.min(ENTRIES_PER_BITMAP, this.nrBlocksValue - base);
+      for (let e = 0; e < limit; e++) {
+        const c = entryOf(bitmap, e);
+        fn(base + e, c < 3 ? c : this.overflow.get(base + e)!);
+      }
+    }
+  }
+
   /** Overflow entries changed since they were last taken: [block, count or 0 when gone]. */
   takeOverflowChanges(): [number, number][] {
     const changes: [number, number][] = [];
@@ -247,7 +260,7 @@ export class RefCounts {
   }
 
   private checkBlock(block: number): void {
-    if (!(block >= 0 && block < this.nrBlocksValue && Number.isInteger(block))) {
+    if (!(block >= 0 && block < this.nrBlocksValue) || block % 1 !== 0) {
       throw new RangeError(`block ${block} outside the space map (${this.nrBlocksValue} blocks)`);
     }
   }
