@@ -108,7 +108,7 @@ export function runTool(cmd: string, args: string[], opts: RunToolOptions = {}):
           resolve({ code: e.code, signal: null, stdout, stderr });
           return;
         }
-        if (e.signal && e.code === undefined) {
+        if (e.signal && e.code == null) {
           const num = os.constants.signals[e.signal] ?? 0;
           resolve({ code: 128 + num, signal: e.signal, stdout, stderr });
           return;
