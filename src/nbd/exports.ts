@@ -16,8 +16,8 @@ export type MetaContextProvider = (offset: number, length: number) => Promise<Co
 
 /**
  * Who may open an export. With `secret`, the client asks for `<name>/<secret>` as the export
- * name (e.g. `nbd-client -N vol/s3cret`, `nbdinfo nbd://host/vol/s3cret`); the bare name is
- * refused, so a secret never travels in LIST replies and a wrong one never sees data.
+ * name (e.g. `nbd-client -N vol/s3cret`, `nbdinfo nbd://host/vol/s3cret`); the bare name or a
+ * wrong secret is refused before any data or size is sent, and LIST does not show the export.
  */
 export type AccessRule = { kind: 'open' } | { kind: 'secret'; secret: string };
 
@@ -116,6 +116,18 @@ export class ExportRegistry {
 
   list(): ExportDefinition[] {
     return [...this.byName.values()];
+  }
+
+  /**
+   * What NBD_OPT_LIST shows this client: open exports it could use. Secret-protected exports
+   * are left out entirely, so listing reveals neither their secrets nor that they exist.
+   */
+  listVisible(client: ClientIdentity): ExportDefinition[] {
+    return this.list().filter(
+      (d) =>
+        d.access.kind === 'open' &&
+        (!d.clientCertNames || (client.tls && client.certNames.some((n) => d.clientCertNames?.includes(n)))),
+    );
   }
 
   /** Finds the export a client asked for and checks its access rule. */

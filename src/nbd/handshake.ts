@@ -206,7 +206,7 @@ export class Handshake {
 
   private list(data: Buffer): void {
     if (data.length !== 0) throw new InvalidOption('LIST takes no data');
-    for (const definition of this.registry.list()) {
+    for (const definition of this.registry.listVisible(this.identity)) {
       const name = Buffer.from(definition.name, 'utf8');
       const description = Buffer.from(definition.description ?? '', 'utf8');
       const payload = Buffer.alloc(4 + name.length + description.length);
