@@ -23,7 +23,8 @@ export function diffTrees(
     const node = tree.node(item.location);
     const n = node.nrEntries;
     for (let i = n - 1; i >= 0; i--) {
-      if (node.isLeaf) q.push({ tree: false, key: node.key(i), value: Buffer.from(node.value(i)) });
+      // Views into the node, not copies: the walk is synchronous, so nothing changes under it.
+      if (node.isLeaf) q.push({ tree: false, key: node.key(i), value: node.value(i) });
       else
         q.push({
           tree: true,
