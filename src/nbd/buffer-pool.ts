@@ -9,6 +9,13 @@ export class BufferPool {
   /** Free ArrayBuffers by power-of-two size. */
   private readonly free = new Map<number, ArrayBuffer[]>();
   private pooledBytes = 0;
+  /**
+   * ArrayBuffers this pool created. Releasing anything else is ignored: a small Buffer may sit
+   * in Node's shared allocation slab, and recycling that slab would corrupt unrelated data.
+   */
+  private readonly owned = new WeakSet<ArrayBuffer>();
+  /** Guards against a double release handing one buffer to two users. */
+  private readonly idle = new WeakSet<ArrayBuffer>();
 
   constructor(private readonly maxPooledBytes: number) {}
 
@@ -19,10 +26,13 @@ export class BufferPool {
     const list = this.free.get(size);
     const arrayBuffer = list?.pop();
     if (arrayBuffer) {
+      this.idle.delete(arrayBuffer);
       this.pooledBytes -= size;
       return Buffer.from(arrayBuffer, 0, bytes);
     }
-    return Buffer.from(new ArrayBuffer(size), 0, bytes);
+    const fresh = new ArrayBuffer(size);
+    this.owned.add(fresh);
+    return Buffer.from(fresh, 0, bytes);
   }
 
   /**
@@ -32,10 +42,12 @@ export class BufferPool {
   release(buffer: Buffer): void {
     const arrayBuffer = buffer.buffer as ArrayBuffer;
     const size = arrayBuffer.byteLength;
-    if (buffer.byteOffset !== 0 || !isClass(size) || this.pooledBytes + size > this.maxPooledBytes) return;
+    if (!this.owned.has(arrayBuffer) || this.idle.has(arrayBuffer)) return;
+    if (this.pooledBytes + size > this.maxPooledBytes) return;
     let list = this.free.get(size);
     if (!list) this.free.set(size, (list = []));
     list.push(arrayBuffer);
+    this.idle.add(arrayBuffer);
     this.pooledBytes += size;
   }
 }
@@ -44,8 +56,4 @@ function sizeClass(bytes: number): number {
   let size = MIN_POOLED_BYTES;
   while (size < bytes) size *= 2;
   return size;
-}
-
-function isClass(size: number): boolean {
-  return size >= MIN_POOLED_BYTES && (size & (size - 1)) === 0;
 }

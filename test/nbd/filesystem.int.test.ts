@@ -80,7 +80,13 @@ async function readTree(root: string): Promise<Map<string, string>> {
       if (entry.name === 'lost+found') continue;
       if (entry.isSymbolicLink()) found.set(rel, `-> ${await readlink(full)}`);
       else if (entry.isDirectory()) await walk(full);
-      else found.set(rel, createHash('sha256').update(await readFile(full)).digest('hex'));
+      else
+        found.set(
+          rel,
+          createHash('sha256')
+            .update(await readFile(full))
+            .digest('hex'),
+        );
     }
   }
   await walk(root);

@@ -98,14 +98,22 @@ describe('NBD protocol details', () => {
 
     it('INFO returns export, name, description and block size; GO agrees', async () => {
       const client = await RawClient.open(target());
-      const request = RawClient.infoRequest('disk', [P.NBD_INFO_NAME, P.NBD_INFO_DESCRIPTION, P.NBD_INFO_BLOCK_SIZE]);
+      const request = RawClient.infoRequest('disk', [
+        P.NBD_INFO_NAME,
+        P.NBD_INFO_DESCRIPTION,
+        P.NBD_INFO_BLOCK_SIZE,
+      ]);
       const info = await client.option(P.NBD_OPT_INFO, request);
       expect(info.pop()?.type).toBe(P.NBD_REP_ACK);
       const byType = new Map(info.map((r) => [r.data.readUInt16BE(0), r.data]));
       expect(byType.get(P.NBD_INFO_NAME)?.toString('utf8', 2)).toBe('disk');
       expect(byType.get(P.NBD_INFO_DESCRIPTION)?.toString('utf8', 2)).toBe('test disk');
       const block = byType.get(P.NBD_INFO_BLOCK_SIZE) as Buffer;
-      expect([block.readUInt32BE(2), block.readUInt32BE(6), block.readUInt32BE(10)]).toEqual([512, 4096, 32 * MiB]);
+      expect([block.readUInt32BE(2), block.readUInt32BE(6), block.readUInt32BE(10)]).toEqual([
+        512,
+        4096,
+        32 * MiB,
+      ]);
       const flags = (byType.get(P.NBD_INFO_EXPORT) as Buffer).readUInt16BE(10);
       const go = await client.go('disk');
       expect(go.flags).toBe(flags);
@@ -128,14 +136,20 @@ describe('NBD protocol details', () => {
         'thinpool:delta:a',
         'thinpool:delta:b',
       ]);
-      expect(await names(P.NBD_OPT_LIST_META_CONTEXT, ['thinpool:'])).toEqual(['thinpool:delta:a', 'thinpool:delta:b']);
+      expect(await names(P.NBD_OPT_LIST_META_CONTEXT, ['thinpool:'])).toEqual([
+        'thinpool:delta:a',
+        'thinpool:delta:b',
+      ]);
       expect(await names(P.NBD_OPT_LIST_META_CONTEXT, ['base:'])).toEqual(['base:allocation']);
       expect(await names(P.NBD_OPT_SET_META_CONTEXT, ['thinpool:', 'qemu:dirty-bitmap:x'])).toEqual([]);
       expect(await names(P.NBD_OPT_SET_META_CONTEXT, ['thinpool:delta:b', 'base:allocation'])).toEqual([
         'base:allocation',
         'thinpool:delta:b',
       ]);
-      const unknown = await client.option(P.NBD_OPT_SET_META_CONTEXT, RawClient.metaRequest('nope', ['base:allocation']));
+      const unknown = await client.option(
+        P.NBD_OPT_SET_META_CONTEXT,
+        RawClient.metaRequest('nope', ['base:allocation']),
+      );
       expect(unknown.pop()?.type).toBe(P.NBD_REP_ERR_UNKNOWN);
       client.close();
     });
@@ -225,7 +239,9 @@ describe('NBD protocol details', () => {
       expect((await client.request(P.NBD_CMD_WRITE_ZEROES, 2 * MiB, 64 * 1024)).error).toBe(0);
       expect(holey.allocated[32]).toBe(false);
       const noHole = P.NBD_CMD_FLAG_NO_HOLE;
-      expect((await client.request(P.NBD_CMD_WRITE_ZEROES, 2 * MiB + 65536, 65536, { flags: noHole })).error).toBe(0);
+      expect(
+        (await client.request(P.NBD_CMD_WRITE_ZEROES, 2 * MiB + 65536, 65536, { flags: noHole })).error,
+      ).toBe(0);
       expect(holey.allocated[33]).toBe(true);
       expect((await client.read(2 * MiB, 128 * 1024)).data?.equals(Buffer.alloc(128 * 1024))).toBe(true);
       const fast = P.NBD_CMD_FLAG_FAST_ZERO;
@@ -238,7 +254,9 @@ describe('NBD protocol details', () => {
       // The file-backed export has no cheap zeroing: FAST_ZERO is refused, plain zeroing works.
       const file = await RawClient.open(target());
       await file.go('disk');
-      expect((await file.request(P.NBD_CMD_WRITE_ZEROES, 0, 4096, { flags: fast })).error).toBe(P.NBD_ENOTSUP);
+      expect((await file.request(P.NBD_CMD_WRITE_ZEROES, 0, 4096, { flags: fast })).error).toBe(
+        P.NBD_ENOTSUP,
+      );
       expect((await file.request(P.NBD_CMD_WRITE_ZEROES, 0, 4096)).error).toBe(0);
       file.close();
     });
@@ -251,7 +269,9 @@ describe('NBD protocol details', () => {
       });
       const reply = await client.request(P.NBD_CMD_BLOCK_STATUS, 0, 2 * MiB);
       expect(reply.error).toBe(0);
-      const byId = new Map(reply.chunks.map((c) => [parseBlockStatus(c).contextId, parseBlockStatus(c).extents]));
+      const byId = new Map(
+        reply.chunks.map((c) => [parseBlockStatus(c).contextId, parseBlockStatus(c).extents]),
+      );
       const base = byId.get(contexts.get('base:allocation') as number);
       expect(base?.[0]).toEqual([MiB, 3]);
       expect(base?.[1][1]).toBe(0);
@@ -312,7 +332,8 @@ describe('NBD protocol details', () => {
             for (let k = 0; k < 16; k++) {
               // Four disjoint 256 KiB slots per batch, so concurrent writes never overlap.
               const length = 512 * (1 + ((round * 16 + k) % 256));
-              const offset = (k % 4) * 256 * 1024 + 512 * ((round * 7919 + k * 104729) % (512 - length / 512));
+              const offset =
+                (k % 4) * 256 * 1024 + 512 * ((round * 7919 + k * 104729) % (512 - length / 512));
               if ((round + k) % 3 === 0) {
                 ops.push(
                   client.read(base + offset, length).then((reply) => {
@@ -327,7 +348,9 @@ describe('NBD protocol details', () => {
               } else {
                 model.fill(0, offset, offset + length);
                 ops.push(
-                  client.request(P.NBD_CMD_WRITE_ZEROES, base + offset, length).then((r) => expect(r.error).toBe(0)),
+                  client
+                    .request(P.NBD_CMD_WRITE_ZEROES, base + offset, length)
+                    .then((r) => expect(r.error).toBe(0)),
                 );
               }
               // Writes to overlapping ranges in one batch would race; wait per batch.
