@@ -11,5 +11,7 @@ try {
   process.exit(0);
 }
 // A suite that failed to load counts as a failure even though it ran no test.
-const brokenSuites = results.testResults.filter((s) => s.status === 'failed' && s.assertionResults.length === 0).length;
+const brokenSuites = results.testResults.filter(
+  (s) => s.status === 'failed' && s.assertionResults.length === 0,
+).length;
 console.log(`${results.numPassedTests} passed, ${results.numFailedTests + brokenSuites} failed`);

@@ -25,7 +25,13 @@ const fmt = (x: number, digits = 2) => x.toFixed(digits);
 
 /** A pool whose device 0 maps `blocks` blocks, built through the metadata API (no data I/O). */
 async function mappedPool(dir: string, blocks: number): Promise<Pool> {
-  await (await Pool.create(dir, { dataSizeBytes: (blocks + 200_000) * BLOCK, metadataSizeBytes: 512 * 2 ** 20 }, { commitIntervalMs: 0 })).close();
+  await (
+    await Pool.create(
+      dir,
+      { dataSizeBytes: (blocks + 200_000) * BLOCK, metadataSizeBytes: 512 * 2 ** 20 },
+      { commitIntervalMs: 0 },
+    )
+  ).close();
   let pool = await Pool.open(dir, { commitIntervalMs: 0 });
   await pool.createThin(0, blocks * BLOCK * 2);
   await pool.close();
@@ -40,7 +46,12 @@ async function mappedPool(dir: string, blocks: number): Promise<Pool> {
   return pool;
 }
 
-async function snapshotLatencies(pool: Pool, origin: number, count: number, firstId: number): Promise<number[]> {
+async function snapshotLatencies(
+  pool: Pool,
+  origin: number,
+  count: number,
+  firstId: number,
+): Promise<number[]> {
   const out: number[] = [];
   for (let i = 0; i < count; i++) {
     const t0 = performance.now();
@@ -82,8 +93,12 @@ async function main(): Promise<void> {
     const snapSmall = await snapshotLatencies(small, 0, 60, 10);
     const snapBig = await snapshotLatencies(big, 0, 60, 10);
     const sizeRatio = median(snapBig) / median(snapSmall);
-    rows.push(`| snapshot latency, ${SMALL_BLOCKS * 64 / 1024 / 1024} GiB mapped | p50 ${fmt(median(snapSmall))} ms, p99 ${fmt(percentile(snapSmall, 99))} ms | |`);
-    rows.push(`| snapshot latency, ${fmt(BIG_BLOCKS * 64 / 1024 / 1024, 0)} GiB mapped | p50 ${fmt(median(snapBig))} ms, p99 ${fmt(percentile(snapBig, 99))} ms | ${fmt(sizeRatio)}× |`);
+    rows.push(
+      `| snapshot latency, ${(SMALL_BLOCKS * 64) / 1024 / 1024} GiB mapped | p50 ${fmt(median(snapSmall))} ms, p99 ${fmt(percentile(snapSmall, 99))} ms | |`,
+    );
+    rows.push(
+      `| snapshot latency, ${fmt((BIG_BLOCKS * 64) / 1024 / 1024, 0)} GiB mapped | p50 ${fmt(median(snapBig))} ms, p99 ${fmt(percentile(snapBig, 99))} ms | ${fmt(sizeRatio)}× |`,
+    );
 
     // 2. Depth: a chain of snapshots of snapshots, each written to once.
     const chainStart = 100;
@@ -93,19 +108,29 @@ async function main(): Promise<void> {
       const t0 = performance.now();
       await small.createSnap(chainStart + d, prev);
       depthLat.push(ms(t0));
-      await small.device(chainStart + d).write(((d * 31) % SMALL_BLOCKS) * BLOCK, Buffer.alloc(4096, d & 0xff));
+      await small
+        .device(chainStart + d)
+        .write(((d * 31) % SMALL_BLOCKS) * BLOCK, Buffer.alloc(4096, d & 0xff));
       prev = chainStart + d;
     }
     const d1 = depthLat.slice(0, 50);
     const dN = depthLat.slice(-50);
     const depthRatio = median(dN) / median(d1);
-    rows.push(`| snapshot latency at depth 1–50 | p50 ${fmt(median(d1))} ms, p99 ${fmt(percentile(d1, 99))} ms | |`);
-    rows.push(`| snapshot latency at depth ${DEPTH - 49}–${DEPTH} | p50 ${fmt(median(dN))} ms, p99 ${fmt(percentile(dN, 99))} ms | ${fmt(depthRatio)}× |`);
+    rows.push(
+      `| snapshot latency at depth 1–50 | p50 ${fmt(median(d1))} ms, p99 ${fmt(percentile(d1, 99))} ms | |`,
+    );
+    rows.push(
+      `| snapshot latency at depth ${DEPTH - 49}–${DEPTH} | p50 ${fmt(median(dN))} ms, p99 ${fmt(percentile(dN, 99))} ms | ${fmt(depthRatio)}× |`,
+    );
     const readShallow = await readLatencies(small, chainStart + 1, SMALL_BLOCKS, 5000);
     const readDeep = await readLatencies(small, chainStart + DEPTH, SMALL_BLOCKS, 5000);
     const readRatio = median(readDeep) / median(readShallow);
-    rows.push(`| 4 KiB read latency, depth 1 | p50 ${fmt(median(readShallow) * 1000, 0)} µs, p99 ${fmt(percentile(readShallow, 99) * 1000, 0)} µs | |`);
-    rows.push(`| 4 KiB read latency, depth ${DEPTH} | p50 ${fmt(median(readDeep) * 1000, 0)} µs, p99 ${fmt(percentile(readDeep, 99) * 1000, 0)} µs | ${fmt(readRatio)}× |`);
+    rows.push(
+      `| 4 KiB read latency, depth 1 | p50 ${fmt(median(readShallow) * 1000, 0)} µs, p99 ${fmt(percentile(readShallow, 99) * 1000, 0)} µs | |`,
+    );
+    rows.push(
+      `| 4 KiB read latency, depth ${DEPTH} | p50 ${fmt(median(readDeep) * 1000, 0)} µs, p99 ${fmt(percentile(readDeep, 99) * 1000, 0)} µs | ${fmt(readRatio)}× |`,
+    );
 
     // 3. Delta time against changed blocks, on the big device and a snapshot of it. Changes come
     // in runs of 16 blocks (as writes cluster); a scattered pattern costs up to one leaf each.
@@ -130,7 +155,8 @@ async function main(): Promise<void> {
         const ranges = await big.delta(0, id);
         const t = ms(t0);
         const changed = ranges.reduce((s, r) => s + r.length, 0);
-        if (changed !== touched.size) throw new Error(`delta found ${changed} changed blocks, expected ${touched.size}`);
+        if (changed !== touched.size)
+          throw new Error(`delta found ${changed} changed blocks, expected ${touched.size}`);
         deltaTimes.push([n, t]);
         await big.deleteDevice(id);
       }
@@ -150,12 +176,16 @@ async function main(): Promise<void> {
     const withSnap = await writeThroughput(small, 9001, tputBytes);
     await small.releaseMetadataSnap();
     rows.push(`| write throughput, no metadata snapshot | ${fmt(without, 0)} MiB/s | |`);
-    rows.push(`| write throughput, metadata snapshot held | ${fmt(withSnap, 0)} MiB/s | ${fmt(withSnap / without)}× |`);
+    rows.push(
+      `| write throughput, metadata snapshot held | ${fmt(withSnap, 0)} MiB/s | ${fmt(withSnap / without)}× |`,
+    );
 
     // 5. Memory with over a million mapped blocks, after reads across the whole device.
     await readLatencies(big, 0, BIG_BLOCKS, 100_000);
     const rssMiB = process.memoryUsage().rss / 2 ** 20;
-    rows.push(`| process RSS, ${BIG_BLOCKS.toLocaleString('en')} blocks mapped, after 100,000 random reads | ${fmt(rssMiB, 0)} MiB | |`);
+    rows.push(
+      `| process RSS, ${BIG_BLOCKS.toLocaleString('en')} blocks mapped, after 100,000 random reads | ${fmt(rssMiB, 0)} MiB | |`,
+    );
 
     verdicts.push(
       `snapshot latency flat in mapped size: ${sizeRatio <= 1.1 ? 'yes' : 'NO'} (${fmt(sizeRatio)}×); in depth: ${depthRatio <= 1.1 ? 'yes' : 'NO'} (${fmt(depthRatio)}×)`,

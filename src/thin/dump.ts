@@ -11,7 +11,11 @@ export interface DumpedDevice {
 }
 
 /** Every device and mapping reachable from a superblock (the live one or the held snapshot). */
-export function* dumpDevices(md: ThinMetadata, sb: Superblock = md.sb, only?: ReadonlySet<number>): Generator<DumpedDevice> {
+export function* dumpDevices(
+  md: ThinMetadata,
+  sb: Superblock = md.sb,
+  only?: ReadonlySet<number>,
+): Generator<DumpedDevice> {
   const details = new Map<number, DeviceDetails>();
   for (const [id, v] of md.details.entries(sb.deviceDetailsRoot)) details.set(id, decodeDetails(v));
   for (const [id, v] of md.devices.entries(sb.dataMappingRoot)) {

@@ -56,7 +56,13 @@ describe('thinpool thin', () => {
     const d = JSON.parse(await ok(['thin', 'delta', dir, '2', '4', '--json'])).ranges;
     // Device 4 was imported separately, so every mapped block differs, plus block 100 is new.
     expect(d).toContainEqual({ begin: 100, length: 1, kind: 'right_only' });
-    const r = await runTool(thinTool('thin_delta', '0.9'), ['--thin1', '2', '--thin2', '4', path.join(dir, 'metadata')]);
+    const r = await runTool(thinTool('thin_delta', '0.9'), [
+      '--thin1',
+      '2',
+      '--thin2',
+      '4',
+      path.join(dir, 'metadata'),
+    ]);
     expect(r.stdout).toContain('<right_only begin="100" length="1"/>');
   });
 

@@ -26,7 +26,11 @@ export class ContentModel {
 }
 
 /** A random 512-aligned range inside `size`, biased towards small I/O with some large. */
-export function randomRange(rnd: Rng, size: number, maxLength = 256 * 1024): { offset: number; length: number } {
+export function randomRange(
+  rnd: Rng,
+  size: number,
+  maxLength = 256 * 1024,
+): { offset: number; length: number } {
   const sectors = size / 512;
   const lenSectors = 1 + rnd.int(rnd.next() < 0.7 ? 16 : maxLength / 512);
   const offset = rnd.int(Math.max(1, sectors - lenSectors)) * 512;
@@ -43,7 +47,8 @@ export async function compareContent(pool: Pool, model: ContentModel): Promise<s
     const got = await pool.device(id).read(0, want.length);
     if (!got.equals(want)) {
       for (let i = 0; i < want.length; i++) {
-        if (got[i] !== want[i]) return `device ${id} differs first at byte ${i} (block ${Math.floor(i / pool.blockBytes)})`;
+        if (got[i] !== want[i])
+          return `device ${id} differs first at byte ${i} (block ${Math.floor(i / pool.blockBytes)})`;
       }
     }
   }

@@ -13,7 +13,12 @@ afterAll(() => tmp.cleanup());
 
 const points = ['after-intent', 'after-pool-commit', 'after-catalogue'] as const;
 const operations = {
-  create: { args: (dir: string) => ['thin', 'create', dir, '7', '--size', '8M'], fault: 'create', target: 7, creates: true },
+  create: {
+    args: (dir: string) => ['thin', 'create', dir, '7', '--size', '8M'],
+    fault: 'create',
+    target: 7,
+    creates: true,
+  },
   snap: { args: (dir: string) => ['thin', 'snap', dir, '7', '1'], fault: 'create', target: 7, creates: true },
   delete: { args: (dir: string) => ['thin', 'delete', dir, '1'], fault: 'delete', target: 1, creates: false },
 };

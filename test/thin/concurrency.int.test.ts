@@ -13,7 +13,11 @@ afterAll(() => tmp.cleanup());
 
 describe('concurrent I/O', () => {
   it('serializes partial writes to one shared block (each lands exactly once, none lost)', async () => {
-    const pool = await Pool.create(path.join(tmp.dir, 'same-block'), { dataSizeBytes: 2 ** 28 }, { commitIntervalMs: 0 });
+    const pool = await Pool.create(
+      path.join(tmp.dir, 'same-block'),
+      { dataSizeBytes: 2 ** 28 },
+      { commitIntervalMs: 0 },
+    );
     await pool.createThin(1, 16 * BLOCK);
     const dev = pool.device(1);
     await dev.write(0, Buffer.alloc(BLOCK, 0xaa));
@@ -22,7 +26,8 @@ describe('concurrent I/O', () => {
     // the rest must each land in the new copy.
     await Promise.all(Array.from({ length: 128 }, (_, i) => dev.write(i * 512, Buffer.alloc(512, i + 1))));
     const block = await dev.read(0, BLOCK);
-    for (let i = 0; i < 128; i++) expect(block.subarray(i * 512, i * 512 + 512).every((x) => x === i + 1)).toBe(true);
+    for (let i = 0; i < 128; i++)
+      expect(block.subarray(i * 512, i * 512 + 512).every((x) => x === i + 1)).toBe(true);
     expect((await pool.device(2).read(0, BLOCK)).every((x) => x === 0xaa)).toBe(true);
     expect(pool.deviceInfo(1).details.mappedBlocks).toBe(1);
     await pool.close();
@@ -30,7 +35,11 @@ describe('concurrent I/O', () => {
   });
 
   it('runs writes, trims and reads on many blocks at once and ends consistent', async () => {
-    const pool = await Pool.create(path.join(tmp.dir, 'many'), { dataSizeBytes: 2 ** 29 }, { commitIntervalMs: 20 });
+    const pool = await Pool.create(
+      path.join(tmp.dir, 'many'),
+      { dataSizeBytes: 2 ** 29 },
+      { commitIntervalMs: 20 },
+    );
     await pool.createThin(1, 256 * BLOCK);
     const dev = pool.device(1);
     const model = Buffer.alloc(256 * BLOCK);

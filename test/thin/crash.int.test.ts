@@ -12,7 +12,9 @@ import { thinCheckBoth } from '../helpers/thin-oracle';
 import { seededRandom, testSeed } from '../helpers/random';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const { fillPattern } = require('../helpers/crash-pattern') as { fillPattern(buf: Buffer, tag: number): Buffer };
+const { fillPattern } = require('../helpers/crash-pattern') as {
+  fillPattern(buf: Buffer, tag: number): Buffer;
+};
 
 const TRIALS = Number(process.env.CRASH_TRIALS ?? 50);
 const DEVICE_BYTES = 8 * 2 ** 20;
@@ -27,7 +29,9 @@ type Entry =
 
 function runWorker(dir: string, seed: number, journal: string, killAfterMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [WORKER, dir, String(seed), journal], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, [WORKER, dir, String(seed), journal], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     let timer: NodeJS.Timeout | undefined;
@@ -53,7 +57,11 @@ describe('crash consistency under SIGKILL', () => {
   it(`keeps every flushed write over ${TRIALS} kills (seed ${seed})`, async () => {
     const rnd = seededRandom(seed);
     const dir = path.join(tmp.dir, 'pool');
-    let pool = await Pool.create(dir, { dataSizeBytes: 2 ** 30, blockSizeBytes: 64 * 1024 }, { commitIntervalMs: 0 });
+    let pool = await Pool.create(
+      dir,
+      { dataSizeBytes: 2 ** 30, blockSizeBytes: 64 * 1024 },
+      { commitIntervalMs: 0 },
+    );
     await pool.createThin(0, DEVICE_BYTES);
     await pool.createThin(1, DEVICE_BYTES);
     await pool.close();
@@ -124,7 +132,8 @@ describe('crash consistency under SIGKILL', () => {
       }
       await pool.close();
       expect({ trial, errors: checkMetadata(metadata).errors }).toEqual({ trial, errors: [] });
-      for (const r of await thinCheckBoth(metadata)) expect({ trial, ...r }).toMatchObject({ trial, code: 0 });
+      for (const r of await thinCheckBoth(metadata))
+        expect({ trial, ...r }).toMatchObject({ trial, code: 0 });
       baseline.clear();
       for (const [id, b] of next) baseline.set(id, b);
     }

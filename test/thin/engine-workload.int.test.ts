@@ -31,11 +31,16 @@ function ourLs(metadata: string): Map<number, { mapped: number; exclusive: numbe
   try {
     const devices = [...dumpDevices(md)];
     const users = new Map<number, number>();
-    for (const d of devices) for (const [, m] of d.mappings) users.set(m.dataBlock, (users.get(m.dataBlock) ?? 0) + 1);
+    for (const d of devices)
+      for (const [, m] of d.mappings) users.set(m.dataBlock, (users.get(m.dataBlock) ?? 0) + 1);
     const out = new Map<number, { mapped: number; exclusive: number; shared: number }>();
     for (const d of devices) {
       const exclusive = d.mappings.filter(([, m]) => users.get(m.dataBlock) === 1).length;
-      out.set(d.id, { mapped: d.details.mappedBlocks, exclusive, shared: d.details.mappedBlocks - exclusive });
+      out.set(d.id, {
+        mapped: d.details.mappedBlocks,
+        exclusive,
+        shared: d.details.mappedBlocks - exclusive,
+      });
     }
     return out;
   } finally {
@@ -98,7 +103,11 @@ describe(`engine under a random workload (seed ${seed})`, () => {
         model.delete(id);
       } else {
         const { offset, length } = randomRange(rnd, DEVICE_BYTES);
-        expect((await pool.device(id).read(offset, length)).equals(model.devices.get(id)!.subarray(offset, offset + length))).toBe(true);
+        expect(
+          (await pool.device(id).read(offset, length)).equals(
+            model.devices.get(id)!.subarray(offset, offset + length),
+          ),
+        ).toBe(true);
       }
       if (step % 100 === 99) await pool.commit();
     }
@@ -125,7 +134,12 @@ describe(`engine under a random workload (seed ${seed})`, () => {
   it('agrees with thin_ls on mapped, exclusive and shared blocks', async () => {
     await pool.commit();
     const metadata = path.join(dir, 'metadata');
-    const r = await runTool(thinTool('thin_ls', '0.9'), ['--no-headers', '-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', metadata]);
+    const r = await runTool(thinTool('thin_ls', '0.9'), [
+      '--no-headers',
+      '-o',
+      'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS',
+      metadata,
+    ]);
     expect(r.code).toBe(0);
     const theirs = new Map<number, { mapped: number; exclusive: number; shared: number }>();
     for (const line of r.stdout.trim().split('\n')) {
@@ -140,12 +154,20 @@ describe(`engine under a random workload (seed ${seed})`, () => {
     await pool.commit();
     const metadata = path.join(dir, 'metadata');
     const ids = [...model.devices.keys()];
-    const pairs: [number, number][] = chains.filter((c) => c.length > 1).map((c) => [c[c.length - 2], c[c.length - 1]]);
+    const pairs: [number, number][] = chains
+      .filter((c) => c.length > 1)
+      .map((c) => [c[c.length - 2], c[c.length - 1]]);
     for (let i = 0; i < 8; i++) pairs.push([rnd.pick(ids), rnd.pick(ids)]);
     let differing = 0;
     for (const [a, b] of pairs) {
       if (!model.devices.has(a) || !model.devices.has(b)) continue;
-      const r = await runTool(thinTool('thin_delta', '0.9'), ['--thin1', String(a), '--thin2', String(b), metadata]);
+      const r = await runTool(thinTool('thin_delta', '0.9'), [
+        '--thin1',
+        String(a),
+        '--thin2',
+        String(b),
+        metadata,
+      ]);
       expect(r.code).toBe(0);
       const ours = (await pool.delta(a, b)).map((d) => [d.kind, d.begin, d.length]);
       expect({ a, b, ranges: ours }).toEqual({ a, b, ranges: parseThinDelta(r.stdout) });
@@ -166,7 +188,7 @@ describe(`engine under a random workload (seed ${seed})`, () => {
     for (let i = 0; i < 50; i++) {
       const { offset, length } = randomRange(rnd, DEVICE_BYTES);
       await pool.device(id).write(offset, randomData(length));
-      model.write(id, offset, (await pool.device(id).read(offset, length)));
+      model.write(id, offset, await pool.device(id).read(offset, length));
     }
     await pool.commit();
     expect(await pool.allocated(id, { useMetadataSnap: true })).toEqual(before);

@@ -13,7 +13,11 @@ afterAll(() => tmp.cleanup());
 
 async function smallPool(name: string, options: Parameters<typeof Pool.open>[1]): Promise<Pool> {
   // 32 data blocks of 64 KiB, a 64-block device: it cannot all fit.
-  const pool = await Pool.create(path.join(tmp.dir, name), { dataSizeBytes: 32 * BLOCK }, { commitIntervalMs: 0, ...options });
+  const pool = await Pool.create(
+    path.join(tmp.dir, name),
+    { dataSizeBytes: 32 * BLOCK },
+    { commitIntervalMs: 0, ...options },
+  );
   await pool.createThin(1, 64 * BLOCK);
   return pool;
 }
@@ -89,7 +93,11 @@ describe('out of metadata space', () => {
   it('puts the pool into read-only mode with needs_check set, never corrupt', async () => {
     // 1 MiB of metadata (256 blocks) cannot hold 40,000 scattered mappings.
     const dir = path.join(tmp.dir, 'meta-full');
-    const pool = await Pool.create(dir, { dataSizeBytes: 4 * 2 ** 30, metadataSizeBytes: 2 ** 20 }, { commitIntervalMs: 0 });
+    const pool = await Pool.create(
+      dir,
+      { dataSizeBytes: 4 * 2 ** 30, metadataSizeBytes: 2 ** 20 },
+      { commitIntervalMs: 0 },
+    );
     await pool.createThin(1, 4 * 2 ** 30);
     const dev = pool.device(1);
     let error: Error | undefined;
