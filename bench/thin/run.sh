@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 npx tsc -p bench/thin/tsconfig.json
+node dist/thin-bench/bench/pdata/crc32c.js
 exec node dist/thin-bench/bench/thin/engine.js "$@"
