@@ -70,6 +70,11 @@ export class RawClient {
     );
   }
 
+  /** A client over an already-connected socket (e.g. a TLS socket after STARTTLS). */
+  static wrap(socket: net.Socket): RawClient {
+    return new RawClient(socket);
+  }
+
   static connect(target: Target): Promise<RawClient> {
     return new Promise((resolve, reject) => {
       const socket =
