@@ -40,6 +40,7 @@ export interface Session {
 export const MAX_OPTION_BYTES = 64 * 1024;
 
 const INFO_REQUEST_MIN_BYTES = 6;
+const MAX_WARNINGS_PER_CONNECTION = 3;
 
 /** Transmission flags for an export given what has been negotiated so far. */
 export function transmissionFlags(readOnly: boolean, structuredReplies: boolean): number {
@@ -95,6 +96,7 @@ export class Handshake {
   /** The last SET_META_CONTEXT: which export it named and what it selected. */
   private metaExport: ExportDefinition | undefined;
   private metaContexts: SelectedContext[] = [];
+  private warnings = 0;
 
   constructor(
     private readonly io: HandshakeIo,
@@ -185,7 +187,7 @@ export class Handshake {
       }
     } catch (error) {
       if (!(error instanceof InvalidOption)) throw error;
-      this.log.warn('invalid option data', { option: P.optionName(option), reason: error.message });
+      this.warn('invalid option data', { option: P.optionName(option), reason: error.message });
       this.error(option, P.NBD_REP_ERR_INVALID, error.message);
       return 'continue';
     }
@@ -254,7 +256,7 @@ export class Handshake {
       return 'continue';
     }
     if (lookup.kind === 'denied') {
-      this.log.warn('export access denied', { option: P.optionName(option), reason: lookup.reason });
+      this.warn('export access denied', { option: P.optionName(option), reason: lookup.reason });
       this.error(option, P.NBD_REP_ERR_POLICY, lookup.reason);
       return 'continue';
     }
@@ -372,6 +374,13 @@ export class Handshake {
       identity: this.identity,
       via,
     };
+  }
+
+  /** Warns for the first few problems of a connection only, so one client can't flood the log. */
+  private warn(message: string, context: Record<string, unknown>): void {
+    this.warnings++;
+    if (this.warnings <= MAX_WARNINGS_PER_CONNECTION) this.log.warn(message, context);
+    else this.log.debug(message, context);
   }
 
   private reply(option: number, type: number, payload?: Buffer): void {
