@@ -239,7 +239,10 @@ describe('fuzzing the NBD server', () => {
       ],
     });
   });
-  afterAll(() => t.close());
+  afterAll(async () => {
+    await t.close();
+    log.level = level;
+  });
 
   it('survives 100,000+ hostile frames while a good client keeps working, with bounded memory', async () => {
     const seed = Number(process.env.NBD_FUZZ_SEED ?? Date.now() % 1e9);
@@ -263,7 +266,6 @@ describe('fuzzing the NBD server', () => {
     stopping = true;
     const result = await good;
 
-    // eslint-disable-next-line no-console
     console.log(
       `fuzz seed=${seed} frames=${stats.frames} connections=${stats.connections} good-ops=${result.ops} ` +
         `reply-bytes=${stats.replyBytes} ` +
