@@ -63,6 +63,11 @@ export class TransactionManager {
     return this.metadataCounts.count(location);
   }
 
+  /** Blocks created or copied in this transaction (non-zero means there is something to commit). */
+  get changedBlocks(): number {
+    return this.shadowed.size;
+  }
+
   /** True when the block was created or copied in this transaction (so it may be written in place). */
   isShadowed(location: number): boolean {
     return this.shadowed.has(location);

@@ -148,6 +148,16 @@ export class ThinMetadata {
     return v ? readU64(v, 0) : undefined;
   }
 
+  /** Anything changed since the last commit: trees, counts or pending device details. */
+  get hasUncommittedChanges(): boolean {
+    return (
+      this.tm.changedBlocks > 0 ||
+      this.changedDetails.size > 0 ||
+      (this.dataSm?.counts.changed ?? false) ||
+      this.metadataSm.counts.changed
+    );
+  }
+
   /**
    * Makes every change since the last commit durable: space maps are written, every block but
    * the superblock is flushed and synced, then the superblock is written and synced.

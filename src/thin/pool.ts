@@ -86,7 +86,6 @@ export class Pool extends EventEmitter implements DeviceHost {
   readonly skipBlockZeroing: boolean;
   private readonly open = new Map<number, ThinDevice>();
   private timer: NodeJS.Timeout | undefined;
-  private metaDirty = false;
   private dataDirty = false;
   private readOnlyReason: string | undefined;
   private lowWaterRaised = false;
@@ -350,7 +349,6 @@ export class Pool extends EventEmitter implements DeviceHost {
     }
     const block = counts.allocate();
     if (block === undefined) throw new NoDataSpaceError();
-    this.metaDirty = true;
     const low = this.options.lowWaterBlocks;
     if (low !== undefined && !this.lowWaterRaised && counts.nrFree < low) {
       this.lowWaterRaised = true;
@@ -462,13 +460,11 @@ export class Pool extends EventEmitter implements DeviceHost {
   }
 
   private async commitNow(): Promise<void> {
-    if (this.readOnlyReason || (!this.metaDirty && !this.dataDirty)) return;
+    const metadataChanged = this.md.hasUncommittedChanges;
+    if (this.readOnlyReason || (!metadataChanged && !this.dataDirty)) return;
     if (this.dataDirty) await this.data.datasync();
     this.dataDirty = false;
-    if (this.metaDirty) {
-      this.metaDirty = false;
-      this.guardMetadata(() => this.md.commit());
-    }
+    if (metadataChanged) this.guardMetadata(() => this.md.commit());
   }
 
   private async periodicCommit(): Promise<void> {
@@ -513,7 +509,6 @@ export class Pool extends EventEmitter implements DeviceHost {
     this.md = ThinMetadata.open(path, { readOnly: true });
     this.readOnlyReason =
       'out of metadata space (needs_check is set; run thinpool pool check, then grow the metadata)';
-    this.metaDirty = false;
     if (this.timer) clearInterval(this.timer);
     for (const dev of this.open.values()) dev.refreshSharing();
     throw new PoolReadOnlyError(this.readOnlyReason);

@@ -151,6 +151,11 @@ export class RefCounts {
 
   // ---- persistence hooks ----
 
+  /** Whether any count changed since the last commit. */
+  get changed(): boolean {
+    return this.dirty.size > 0 || this.overflowDirty.size > 0;
+  }
+
   /** Bitmaps changed since the last commit, in index order. */
   dirtyBitmaps(): number[] {
     return [...this.dirty].sort((a, b) => a - b);
