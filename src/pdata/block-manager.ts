@@ -115,20 +115,6 @@ export class BlockManager {
     this.insert(location, { data: Buffer.from(data), validator, dirty: false });
   }
 
-  /** Forgets every cached block, dropping unflushed changes (used when a transaction is abandoned). */
-  discardCache(): void {
-    this.cache.clear();
-    this.dirtyCount = 0;
-  }
-
-  get dirtyBlocks(): number {
-    return this.dirtyCount;
-  }
-
-  get cachedBlocks(): number {
-    return this.cache.size;
-  }
-
   close(): void {
     if (this.fd >= 0) fs.closeSync(this.fd);
     this.fd = -1;

@@ -68,11 +68,6 @@ export class TransactionManager {
     return this.shadowed.size;
   }
 
-  /** True when the block was created or copied in this transaction (so it may be written in place). */
-  isShadowed(location: number): boolean {
-    return this.shadowed.has(location);
-  }
-
   /** After a commit: every block on disk now belongs to the committed state. */
   beginTransaction(): void {
     this.shadowed.clear();

@@ -54,17 +54,8 @@ export class DataSpaceMap extends PersistentSpaceMap {
     this.indexTree = new BTree(tm, plainValue(INDEX_ENTRY_SIZE));
   }
 
-  root(): SpaceMapRoot {
-    return {
-      nrBlocks: this.counts.nrBlocks,
-      nrAllocated: this.counts.nrAllocated,
-      bitmapRoot: this.indexRoot,
-      refCountRoot: this.refCountRoot,
-    };
-  }
-
-  extend(nrBlocks: number): void {
-    this.counts.extend(nrBlocks);
+  protected indexLocation(): number {
+    return this.indexRoot;
   }
 
   /** Data counts do not change while committing, so one pass places everything. */
@@ -76,10 +67,5 @@ export class DataSpaceMap extends PersistentSpaceMap {
       encodeIndexEntry(this.indexEntry(index), value, 0);
       this.indexRoot = this.indexTree.insert(this.indexRoot, index, value);
     }
-  }
-
-  /** Metadata blocks of the index tree and overflow tree roots (for checkers). */
-  treeRoots(): { indexRoot: number; refCountRoot: number } {
-    return { indexRoot: this.indexRoot, refCountRoot: this.refCountRoot };
   }
 }

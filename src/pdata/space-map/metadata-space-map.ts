@@ -26,7 +26,7 @@ export const MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP;
  * from itself, which the commit loop settles by repeating until nothing moves.
  */
 export class MetadataSpaceMap extends PersistentSpaceMap {
-  private indexLocation = 0;
+  private indexBlock = 0;
   private indexRelocated = false;
 
   /** A new space map for an empty metadata device; block 0 (the superblock) is in use. */
@@ -56,26 +56,21 @@ export class MetadataSpaceMap extends PersistentSpaceMap {
     checkBitmapCount(root.nrBlocks, bitmaps.length, 'metadata space map');
     const counts = RefCounts.load(root.nrBlocks, bitmaps);
     const sm = new MetadataSpaceMap(counts, locations, root.refCountRoot);
-    sm.indexLocation = root.bitmapRoot;
+    sm.indexBlock = root.bitmapRoot;
     const tm = new TransactionManager(bm, counts);
     sm.attach(tm);
     sm.loadOverflow();
     return { sm, tm };
   }
 
-  root(): SpaceMapRoot {
-    return {
-      nrBlocks: this.counts.nrBlocks,
-      nrAllocated: this.counts.nrAllocated,
-      bitmapRoot: this.indexLocation,
-      refCountRoot: this.refCountRoot,
-    };
+  protected indexLocation(): number {
+    return this.indexBlock;
   }
 
   /** Grows the metadata device in use (the file must already be large enough). */
-  extend(nrBlocks: number): void {
+  override extend(nrBlocks: number): void {
     checkMetadataSize(nrBlocks);
-    this.counts.extend(nrBlocks);
+    super.extend(nrBlocks);
   }
 
   commit(tm: TransactionManager): void {
@@ -85,14 +80,14 @@ export class MetadataSpaceMap extends PersistentSpaceMap {
       changed = this.placeChanges(tm);
       if (!this.indexRelocated) {
         const { location } = tm.newBlock(metadataIndexValidator, 'the metadata index');
-        if (this.indexLocation) tm.dec(this.indexLocation);
-        this.indexLocation = location;
+        if (this.indexBlock) tm.dec(this.indexBlock);
+        this.indexBlock = location;
         this.indexRelocated = true;
         changed = true;
       }
     }
     this.writeBitmaps(tm);
-    const index = tm.bm.writable(this.indexLocation, metadataIndexValidator);
+    const index = tm.bm.writable(this.indexBlock, metadataIndexValidator);
     index.fill(0);
     for (let i = 0; i < this.counts.nrBitmaps; i++) {
       encodeIndexEntry(this.indexEntry(i), index, INDEX_HEADER_SIZE + i * INDEX_ENTRY_SIZE);
@@ -102,10 +97,6 @@ export class MetadataSpaceMap extends PersistentSpaceMap {
   override committed(): void {
     super.committed();
     this.indexRelocated = false;
-  }
-
-  override ownBlocks(): number[] {
-    return [this.indexLocation, ...super.ownBlocks()];
   }
 }
 

@@ -66,7 +66,22 @@ export abstract class PersistentSpaceMap {
     this.counts.loadOverflow(entries);
   }
 
-  abstract root(): SpaceMapRoot;
+  /** Where the index lives: the index tree's root (data) or the index block (metadata). */
+  protected abstract indexLocation(): number;
+
+  root(): SpaceMapRoot {
+    return {
+      nrBlocks: this.counts.nrBlocks,
+      nrAllocated: this.counts.nrAllocated,
+      bitmapRoot: this.indexLocation(),
+      refCountRoot: this.refCountRoot,
+    };
+  }
+
+  /** Grows the space map; the new blocks are free. */
+  extend(nrBlocks: number): void {
+    this.counts.extend(nrBlocks);
+  }
 
   /** Writes this space map's changes; the caller then flushes and writes the superblock. */
   abstract commit(tm: TransactionManager): void;
@@ -75,15 +90,6 @@ export abstract class PersistentSpaceMap {
   committed(): void {
     this.counts.markCommitted();
     this.relocated.clear();
-  }
-
-  /** Every metadata block this space map itself occupies (for checkers). */
-  ownBlocks(): number[] {
-    return this.bitmapLocations.filter((b) => b > 0);
-  }
-
-  bitmapLocation(index: number): number {
-    return this.bitmapLocations[index];
   }
 
   // Gives each changed bitmap a block of this transaction and syncs the overflow tree.

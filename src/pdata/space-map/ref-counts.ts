@@ -140,15 +140,6 @@ export class RefCounts {
     return undefined;
   }
 
-  /** Whether `block` could be allocated right now. */
-  isAllocatable(block: number): boolean {
-    const index = Math.floor(block / ENTRIES_PER_BITMAP);
-    const entry = block % ENTRIES_PER_BITMAP;
-    if (entryOf(this.bitmaps[index], entry) !== 0) return false;
-    const committed = this.committed[index];
-    return !committed || entryOf(committed, entry) === 0;
-  }
-
   // ---- persistence hooks ----
 
   /** Whether any count changed since the last commit. */
@@ -201,14 +192,6 @@ export class RefCounts {
     }
     this.overflowDirty.clear();
     return changes;
-  }
-
-  hasOverflowChanges(): boolean {
-    return this.overflowDirty.size > 0;
-  }
-
-  overflowEntries(): ReadonlyMap<number, number> {
-    return this.overflow;
   }
 
   /** The current state becomes the committed one. */
