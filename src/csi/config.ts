@@ -1,0 +1,128 @@
+// Driver configuration and the capabilities it implies. Every optional capability the driver
+// advertises is decided here, in `capabilitiesOf`, from configuration alone.
+import os from 'node:os';
+import path from 'node:path';
+
+export type Role = 'all' | 'controller' | 'node';
+export type AttachMethod = 'auto' | 'kernel' | 'nbdfuse';
+export type BlockMetadataTypeName = 'FIXED_LENGTH' | 'VARIABLE_LENGTH';
+
+export const DRIVER_NAME = 'thinpool.csi.dev';
+/** The topology key naming the node (and so the pool) a volume lives on. */
+export const TOPOLOGY_NODE_KEY = 'topology.thinpool.csi.dev/node';
+
+export interface DriverConfig {
+  driverName: string;
+  role: Role;
+  /** CSI endpoint: a unix socket path. */
+  endpoint: string;
+  /** Name of the pool, part of every volume and snapshot id. */
+  poolName: string;
+  poolDir: string;
+  /** Data size of a pool created on first start. */
+  poolDataSizeBytes: number;
+  /** NBD listener (controller side) and the host nodes should dial. */
+  nbdHost: string;
+  nbdPort: number;
+  nbdAdvertiseHost: string;
+  nodeId: string;
+  /** Topology segments of this node (NodeGetInfo) and of the pool (CreateVolume). */
+  topology: Record<string, string>;
+  maxVolumesPerNode: number;
+  /** Node-side state (staged volumes, nbdfuse mount points). */
+  stateDir: string;
+  /** Staging and target paths must lie below one of these. */
+  kubeletDirs: string[];
+  attachMethod: AttachMethod;
+  defaultFsType: 'ext4' | 'xfs';
+  blockMetadataType: BlockMetadataTypeName;
+  /** Σ volume sizes may reach this multiple of the pool's data size. */
+  maxOverprovisionRatio: number;
+  defaultVolumeBytes: number;
+  minVolumeBytes: number;
+  maxVolumeBytes: number;
+  /** Per message in SnapshotMetadata streams when the client does not say. */
+  defaultMaxResults: number;
+}
+
+const GiB = 1024 ** 3;
+
+export function defaultConfig(overrides: Partial<DriverConfig> = {}): DriverConfig {
+  const varDir = path.resolve('var');
+  const nodeId = overrides.nodeId ?? os.hostname();
+  return {
+    driverName: DRIVER_NAME,
+    role: 'all',
+    endpoint: path.join(varDir, 'csi.sock'),
+    poolName: 'default',
+    poolDir: path.join(varDir, 'pool'),
+    poolDataSizeBytes: 10 * GiB,
+    nbdHost: '127.0.0.1',
+    nbdPort: 10809,
+    nbdAdvertiseHost: overrides.nbdHost ?? '127.0.0.1',
+    nodeId,
+    topology: { [TOPOLOGY_NODE_KEY]: nodeId },
+    maxVolumesPerNode: 0,
+    stateDir: path.join(varDir, 'node'),
+    kubeletDirs: ['/var/lib/kubelet', varDir],
+    attachMethod: 'auto',
+    defaultFsType: 'ext4',
+    blockMetadataType: 'VARIABLE_LENGTH',
+    maxOverprovisionRatio: 10,
+    defaultVolumeBytes: 1 * GiB,
+    minVolumeBytes: 1024 * 1024,
+    maxVolumeBytes: 16 * 1024 * GiB,
+    defaultMaxResults: 256,
+    ...overrides,
+  };
+}
+
+export function runsController(config: DriverConfig): boolean {
+  return config.role !== 'node';
+}
+
+export function runsNode(config: DriverConfig): boolean {
+  return config.role !== 'controller';
+}
+
+export interface Capabilities {
+  plugin: { service?: { type: string }; volume_expansion?: { type: string } }[];
+  controller: { rpc: { type: string } }[];
+  node: { rpc: { type: string } }[];
+}
+
+/** What the driver advertises, from configuration. */
+export function capabilitiesOf(config: DriverConfig): Capabilities {
+  const plugin: Capabilities['plugin'] = [];
+  if (runsController(config)) {
+    plugin.push({ service: { type: 'CONTROLLER_SERVICE' } });
+    plugin.push({ service: { type: 'SNAPSHOT_METADATA_SERVICE' } });
+  }
+  plugin.push({ service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } });
+  plugin.push({ volume_expansion: { type: 'ONLINE' } }, { volume_expansion: { type: 'OFFLINE' } });
+  const controller = runsController(config)
+    ? [
+        'CREATE_DELETE_VOLUME',
+        'PUBLISH_UNPUBLISH_VOLUME',
+        'LIST_VOLUMES',
+        'GET_CAPACITY',
+        'CREATE_DELETE_SNAPSHOT',
+        'LIST_SNAPSHOTS',
+        'CLONE_VOLUME',
+        'PUBLISH_READONLY',
+        'EXPAND_VOLUME',
+        'LIST_VOLUMES_PUBLISHED_NODES',
+        'VOLUME_CONDITION',
+        'GET_VOLUME',
+        'GET_SNAPSHOT',
+      ]
+    : [];
+  const node = runsNode(config)
+    ? ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION']
+    : [];
+  return {
+    plugin,
+    controller: controller.map((type) => ({ rpc: { type } })),
+    node: node.map((type) => ({ rpc: { type } })),
+  };
+}

@@ -1,0 +1,127 @@
+// The driver process: opens (or creates) the pool, runs the NBD server, and serves the CSI
+// services for its role on a unix socket. `stop()` is the graceful shutdown.
+import fs from 'node:fs';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { logger } from '../log';
+import { NbdServer } from '../nbd';
+import { Pool } from '../thin/pool';
+import { type DriverConfig, runsController, runsNode } from './config';
+import { ControllerService } from './controller';
+import { ExportGrants } from './exports';
+import { OperationLocks } from './handler';
+import { identityHandlers } from './identity';
+import { NodeService } from './node';
+import { csiServices } from './proto';
+import { SnapshotMetadataService } from './snapshot-metadata';
+import { Store } from './store';
+
+const log = logger('csi');
+
+export class Driver {
+  readonly server = new grpc.Server();
+  readonly locks = new OperationLocks();
+  pool: Pool | undefined;
+  nbd: NbdServer | undefined;
+  nbdPort = 0;
+  private ready = false;
+  private stopped = false;
+
+  constructor(readonly config: DriverConfig) {}
+
+  /** Binds the CSI socket first (Probe answers "not ready"), then opens the pool. */
+  async start(options: { openPool?: boolean } = {}): Promise<void> {
+    const services = csiServices();
+    this.server.addService(
+      services.Identity.service,
+      identityHandlers(this.config, this.locks, () => this.ready),
+    );
+    if (runsNode(this.config)) {
+      this.server.addService(services.Node.service, new NodeService(this.config).handlers(this.locks));
+    }
+    const controllerReady = runsController(this.config);
+    let controller: grpc.UntypedServiceImplementation = {};
+    let metadata: grpc.UntypedServiceImplementation = {};
+    if (controllerReady) {
+      // Calls before the pool is open get UNAVAILABLE; the real handlers are swapped in later.
+      const late = (name: string): grpc.UntypedHandleCall =>
+        ((call: grpc.ServerUnaryCall<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
+          const impl = (name in controller ? controller : metadata)[name] as (...a: unknown[]) => void;
+          if (impl) return impl(call, callback);
+          const error = { code: grpc.status.UNAVAILABLE, details: 'the pool is not open yet' };
+          if (callback) callback(error);
+          else call.emit('error', error);
+        }) as grpc.UntypedHandleCall;
+      const proxy = (def: grpc.ServiceDefinition) =>
+        Object.fromEntries(Object.keys(def).map((name) => [name, late(name)]));
+      this.server.addService(services.Controller.service, proxy(services.Controller.service));
+      this.server.addService(services.SnapshotMetadata.service, proxy(services.SnapshotMetadata.service));
+    }
+    fs.mkdirSync(path.dirname(this.config.endpoint), { recursive: true });
+    fs.rmSync(this.config.endpoint, { force: true });
+    await new Promise<void>((resolve, reject) =>
+      this.server.bindAsync(`unix://${this.config.endpoint}`, grpc.ServerCredentials.createInsecure(), (e) =>
+        e ? reject(e) : resolve(),
+      ),
+    );
+    log.info('CSI endpoint listening', {
+      endpoint: this.config.endpoint,
+      role: this.config.role,
+      driver: this.config.driverName,
+    });
+    if (!controllerReady) {
+      this.ready = true;
+      return;
+    }
+    if (options.openPool === false) return;
+    await this.openPool();
+    const store = new Store(this.pool!, this.config.poolName);
+    const grants = new ExportGrants(
+      this.nbd!,
+      this.pool!,
+      `${this.config.nbdAdvertiseHost}:${this.nbdPort}`,
+      this.config.maxVolumeBytes,
+    );
+    const ctl = new ControllerService(this.config, store, grants);
+    // Grants survive restarts: re-offer every recorded publication.
+    for (const info of store.list('volume')) {
+      for (const [node, record] of store.publications(info)) grants.grant(info, node, record);
+    }
+    controller = ctl.handlers(this.locks);
+    metadata = new SnapshotMetadataService(this.config, store).handlers(this.locks);
+    this.ready = true;
+    log.info('driver ready', { pool: this.config.poolDir, nbd: `${this.config.nbdHost}:${this.nbdPort}` });
+  }
+
+  /** Opens the pool (creating it on first start) and starts the NBD server. */
+  async openPool(): Promise<void> {
+    const exists = fs.existsSync(path.join(this.config.poolDir, 'metadata'));
+    this.pool = exists
+      ? await Pool.open(this.config.poolDir)
+      : await Pool.create(this.config.poolDir, { dataSizeBytes: this.config.poolDataSizeBytes });
+    if (!exists)
+      log.info('created pool', { dir: this.config.poolDir, dataSizeBytes: this.config.poolDataSizeBytes });
+    // Drop a metadata snapshot a crash may have left held (only SnapshotMetadata takes one).
+    if (this.pool.status().heldMetadataRoot !== null && !this.pool.readOnlyBecause)
+      await this.pool.releaseMetadataSnap();
+    this.nbd = new NbdServer();
+    const bound = await this.nbd.listen({ host: this.config.nbdHost, port: this.config.nbdPort });
+    this.nbdPort = 'port' in bound ? bound.port : 0;
+  }
+
+  get isReady(): boolean {
+    return this.ready;
+  }
+
+  /** Graceful stop: no new calls, exports closed, pool committed and closed. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.ready = false;
+    await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+    await this.nbd?.close(2000);
+    await this.pool?.close();
+    fs.rmSync(this.config.endpoint, { force: true });
+    log.info('driver stopped');
+  }
+}

@@ -1,0 +1,277 @@
+// Node service: the host side. Attaching, formatting and mounting live in src/node; this file
+// checks requests, keeps the staged-volume state and maps outcomes to CSI answers.
+import fs from 'node:fs';
+import path from 'node:path';
+import type * as grpc from '@grpc/grpc-js';
+import { type Grant, attach, chooseMethod, detach, growAttachment } from '../node/attach';
+import {
+  type FsType,
+  deviceSizeBytes,
+  filesystemUsage,
+  growFilesystem,
+  makeFilesystem,
+  probeFilesystem,
+  requiredMountOptions,
+} from '../node/filesystem';
+import { bindMount, isMounted, mount, mountAt, pathExists, unmountAll } from '../node/mounts';
+import { NodeState, type StagedVolume } from '../node/state';
+import { type DriverConfig, capabilitiesOf } from './config';
+import { alreadyExists, failedPrecondition, invalidArgument, notFound } from './errors';
+import { CTX_ENDPOINT, CTX_EXPORT, CTX_GROWABLE_EXPORT, CTX_READONLY } from './exports';
+import { type OperationLocks, unary } from './handler';
+import type { CapacityRange, StringMap, VolumeCapability } from './types';
+import { capabilityProblem, isReadOnlyMode } from './validate';
+
+interface StageRequest {
+  volume_id: string;
+  publish_context: StringMap;
+  staging_target_path: string;
+  volume_capability: VolumeCapability | null;
+}
+
+interface PublishRequest extends StageRequest {
+  target_path: string;
+  readonly: boolean;
+}
+
+export class NodeService {
+  readonly state: NodeState;
+
+  constructor(private readonly config: DriverConfig) {
+    this.state = new NodeState(config.stateDir);
+  }
+
+  /** Paths from the CO must stay inside the kubelet directories we were configured with. */
+  private checkPath(p: string, field: string): string {
+    if (!p) throw invalidArgument(`${field} is required`);
+    if (!path.isAbsolute(p)) throw invalidArgument(`${field} must be an absolute path`);
+    const resolved = path.resolve(p);
+    const inside = this.config.kubeletDirs.some(
+      (d) => resolved === d || resolved.startsWith(path.resolve(d) + path.sep),
+    );
+    if (!inside || resolved !== path.normalize(p).replace(/\/$/, ''))
+      throw invalidArgument(
+        `${field} ${p} is outside the allowed directories (${this.config.kubeletDirs.join(', ')})`,
+      );
+    return resolved;
+  }
+
+  private checkCapability(cap: VolumeCapability | null): VolumeCapability {
+    const problem = capabilityProblem(cap);
+    if (problem) throw invalidArgument(problem);
+    return cap!;
+  }
+
+  private fsTypeOf(cap: VolumeCapability): FsType {
+    return (cap.mount?.fs_type || this.config.defaultFsType) as FsType;
+  }
+
+  async stage(req: StageRequest): Promise<object> {
+    if (!req.volume_id) throw invalidArgument('volume_id is required');
+    const stagingPath = this.checkPath(req.staging_target_path, 'staging_target_path');
+    const cap = this.checkCapability(req.volume_capability);
+    const block = !!cap.block;
+    const existing = this.state.get(req.volume_id);
+    if (existing) {
+      if (existing.stagingPath !== stagingPath)
+        throw alreadyExists(`volume is already staged at ${existing.stagingPath}`);
+      if (existing.block !== block || (!block && existing.fsType !== this.fsTypeOf(cap)))
+        throw alreadyExists('volume is already staged with a different capability');
+      if (block || (await isMounted(stagingPath))) return {};
+      // A half-finished stage: start over.
+      await this.teardown(existing);
+    }
+    const ctx = req.publish_context;
+    if (!ctx[CTX_ENDPOINT] || !ctx[CTX_EXPORT])
+      throw failedPrecondition('publish_context lacks the NBD grant (was ControllerPublishVolume called?)');
+    const grant: Grant = {
+      endpoint: ctx[CTX_ENDPOINT],
+      exportName: ctx[CTX_EXPORT],
+      growableExportName: ctx[CTX_GROWABLE_EXPORT] ?? ctx[CTX_EXPORT],
+      readOnly: ctx[CTX_READONLY] === 'true' || isReadOnlyMode(cap),
+    };
+    const method = chooseMethod(this.config.attachMethod);
+    const attachment = await attach(grant, method, this.state.workDir(req.volume_id));
+    const staged: StagedVolume = {
+      volumeId: req.volume_id,
+      stagingPath,
+      block,
+      readOnly: grant.readOnly,
+      grant,
+      attachment,
+    };
+    this.state.put(staged);
+    try {
+      if (!block) {
+        const fsType = this.fsTypeOf(cap);
+        const found = await probeFilesystem(attachment.device);
+        if (!found) {
+          if (grant.readOnly)
+            throw failedPrecondition('volume is blank and published read-only: cannot create a filesystem');
+          await makeFilesystem(attachment.device, fsType);
+        } else if (found !== fsType) {
+          throw failedPrecondition(`volume holds ${found}, not the requested ${fsType}`);
+        }
+        fs.mkdirSync(stagingPath, { recursive: true });
+        const flags = [
+          ...(cap.mount?.mount_flags ?? []),
+          ...requiredMountOptions(fsType),
+          ...(grant.readOnly ? ['ro'] : []),
+        ];
+        await mount(attachment.device, stagingPath, fsType, flags);
+        staged.fsType = fsType;
+        staged.mountFlags = cap.mount?.mount_flags ?? [];
+        this.state.put(staged);
+      }
+    } catch (e) {
+      await this.teardown(staged).catch(() => undefined);
+      throw e;
+    }
+    return {};
+  }
+
+  private async teardown(staged: StagedVolume): Promise<void> {
+    if (!staged.block) await unmountAll(staged.stagingPath);
+    await detach(staged.attachment);
+    this.state.remove(staged.volumeId);
+  }
+
+  async unstage(req: { volume_id: string; staging_target_path: string }): Promise<object> {
+    if (!req.volume_id) throw invalidArgument('volume_id is required');
+    const stagingPath = this.checkPath(req.staging_target_path, 'staging_target_path');
+    const staged = this.state.get(req.volume_id);
+    if (!staged) {
+      await unmountAll(stagingPath);
+      return {};
+    }
+    await this.teardown(staged);
+    return {};
+  }
+
+  async publish(req: PublishRequest): Promise<object> {
+    if (!req.volume_id) throw invalidArgument('volume_id is required');
+    const stagingPath = this.checkPath(req.staging_target_path, 'staging_target_path');
+    const target = this.checkPath(req.target_path, 'target_path');
+    const cap = this.checkCapability(req.volume_capability);
+    const staged = this.state.get(req.volume_id);
+    if (!staged || staged.stagingPath !== stagingPath)
+      throw failedPrecondition(`volume ${req.volume_id} is not staged at ${stagingPath}`);
+    if (staged.block !== !!cap.block)
+      throw invalidArgument('capability differs from the one the volume was staged with');
+    const readOnly = req.readonly || staged.readOnly;
+    const current = await mountAt(target);
+    if (current) {
+      const isRo = current.options.includes('ro');
+      if (isRo !== readOnly)
+        throw alreadyExists(`${target} is already published ${isRo ? 'read-only' : 'read-write'}`);
+      return {};
+    }
+    fs.mkdirSync(path.dirname(target), { recursive: true });
+    if (staged.block) {
+      if (!pathExists(target)) fs.writeFileSync(target, '');
+      await bindMount(staged.attachment.device, target, readOnly);
+    } else {
+      fs.mkdirSync(target, { recursive: true });
+      await bindMount(stagingPath, target, readOnly);
+    }
+    return {};
+  }
+
+  async unpublish(req: { volume_id: string; target_path: string }): Promise<object> {
+    if (!req.volume_id) throw invalidArgument('volume_id is required');
+    const target = this.checkPath(req.target_path, 'target_path');
+    await unmountAll(target);
+    if (pathExists(target)) {
+      if (fs.lstatSync(target).isDirectory()) fs.rmdirSync(target);
+      else fs.rmSync(target);
+    }
+    return {};
+  }
+
+  private stagedFor(volumeId: string, volumePath: string): StagedVolume {
+    if (!volumeId) throw invalidArgument('volume_id is required');
+    if (!volumePath) throw invalidArgument('volume_path is required');
+    const staged = this.state.get(volumeId);
+    if (!staged) throw notFound(`volume ${volumeId} is not staged on this node`);
+    if (!pathExists(volumePath)) throw notFound(`${volumePath} does not exist`);
+    return staged;
+  }
+
+  async stats(req: { volume_id: string; volume_path: string }): Promise<object> {
+    const staged = this.stagedFor(req.volume_id, req.volume_path);
+    if (staged.block) {
+      const size = await deviceSizeBytes(staged.attachment.device);
+      return {
+        usage: [{ unit: 'BYTES', total: size, used: 0, available: 0 }],
+        volume_condition: { abnormal: false, message: 'attached' },
+      };
+    }
+    try {
+      const u = await filesystemUsage(req.volume_path);
+      return {
+        usage: [
+          { unit: 'BYTES', ...u.bytes },
+          { unit: 'INODES', ...u.inodes },
+        ],
+        volume_condition: { abnormal: false, message: 'mounted' },
+      };
+    } catch (e) {
+      return {
+        usage: [],
+        volume_condition: { abnormal: true, message: `cannot read the filesystem: ${(e as Error).message}` },
+      };
+    }
+  }
+
+  async expand(req: {
+    volume_id: string;
+    volume_path: string;
+    capacity_range: CapacityRange | null;
+    staging_target_path: string;
+  }): Promise<object> {
+    const staged = this.stagedFor(req.volume_id, req.volume_path);
+    const size = await growAttachment(staged.attachment, staged.grant);
+    const wanted = req.capacity_range?.required_bytes ?? 0;
+    if (wanted > size)
+      throw failedPrecondition(
+        `the export is ${size} bytes, less than the requested ${wanted} (expand the controller side first)`,
+      );
+    if (!staged.block)
+      await growFilesystem(staged.fsType ?? 'ext4', staged.attachment.device, staged.stagingPath);
+    return { capacity_bytes: size };
+  }
+
+  handlers(locks: OperationLocks): grpc.UntypedServiceImplementation {
+    const byVolume = (r: { volume_id?: string }) => (r.volume_id ? [`node-volume:${r.volume_id}`] : []);
+    return {
+      NodeStageVolume: unary(locks, 'NodeStageVolume', { locks: byVolume, run: (r: never) => this.stage(r) }),
+      NodeUnstageVolume: unary(locks, 'NodeUnstageVolume', {
+        locks: byVolume,
+        run: (r: never) => this.unstage(r),
+      }),
+      NodePublishVolume: unary(locks, 'NodePublishVolume', {
+        locks: byVolume,
+        run: (r: never) => this.publish(r),
+      }),
+      NodeUnpublishVolume: unary(locks, 'NodeUnpublishVolume', {
+        locks: byVolume,
+        run: (r: never) => this.unpublish(r),
+      }),
+      NodeGetVolumeStats: unary(locks, 'NodeGetVolumeStats', { run: (r: never) => this.stats(r) }),
+      NodeExpandVolume: unary(locks, 'NodeExpandVolume', {
+        locks: byVolume,
+        run: (r: never) => this.expand(r),
+      }),
+      NodeGetCapabilities: unary(locks, 'NodeGetCapabilities', {
+        run: async () => ({ capabilities: capabilitiesOf(this.config).node }),
+      }),
+      NodeGetInfo: unary(locks, 'NodeGetInfo', {
+        run: async () => ({
+          node_id: this.config.nodeId,
+          max_volumes_per_node: this.config.maxVolumesPerNode,
+          accessible_topology: { segments: this.config.topology },
+        }),
+      }),
+    };
+  }
+}

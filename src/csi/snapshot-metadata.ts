@@ -1,0 +1,147 @@
+// SnapshotMetadata service (changed-block tracking). Ranges come from a held metadata snapshot,
+// so they form one consistent view while the pool keeps writing. Only one metadata snapshot
+// can be held per pool, so reservations are serialized by a module-level lock; the ranges are
+// computed under it and the snapshot is released before anything is streamed.
+import type * as grpc from '@grpc/grpc-js';
+import type { Pool } from '../thin/pool';
+import type { DriverConfig } from './config';
+import { invalidArgument, notFound, outOfRange } from './errors';
+import { type OperationLocks, serverStream } from './handler';
+import { LABEL_SOURCE, Serial, type Store } from './store';
+
+export interface ByteRange {
+  byte_offset: number;
+  size_bytes: number;
+}
+
+const metadataSnapLock = new Serial();
+
+/** Runs `fn` with the pool's metadata snapshot held, releasing it afterwards whatever happens. */
+export function withMetadataSnap<T>(pool: Pool, fn: () => Promise<T>): Promise<T> {
+  return metadataSnapLock.run(async () => {
+    await pool.reserveMetadataSnap();
+    try {
+      return await fn();
+    } finally {
+      await pool.releaseMetadataSnap();
+    }
+  });
+}
+
+/**
+ * Block runs → byte ranges clipped to the capacity, dropping those that end at or before
+ * `startingOffset`; FIXED_LENGTH splits them into single blocks.
+ */
+export function toByteRanges(
+  runs: { begin: number; length: number }[],
+  blockBytes: number,
+  capacityBytes: number,
+  startingOffset: number,
+  fixed: boolean,
+): ByteRange[] {
+  const out: ByteRange[] = [];
+  for (const run of runs) {
+    const start = run.begin * blockBytes;
+    const end = Math.min((run.begin + run.length) * blockBytes, capacityBytes);
+    if (end <= startingOffset || end <= start) continue;
+    if (!fixed) {
+      const last = out[out.length - 1];
+      if (last && last.byte_offset + last.size_bytes === start) last.size_bytes = end - last.byte_offset;
+      else out.push({ byte_offset: start, size_bytes: end - start });
+      continue;
+    }
+    const first = Math.max(start, Math.floor(startingOffset / blockBytes) * blockBytes);
+    for (let offset = first; offset < end; offset += blockBytes) {
+      out.push({ byte_offset: offset, size_bytes: blockBytes });
+    }
+  }
+  return out;
+}
+
+interface AllocatedRequest {
+  snapshot_id: string;
+  starting_offset: number;
+  max_results: number;
+}
+
+interface DeltaRequest {
+  base_snapshot_id: string;
+  target_snapshot_id: string;
+  starting_offset: number;
+  max_results: number;
+}
+
+export class SnapshotMetadataService {
+  constructor(
+    private readonly config: DriverConfig,
+    private readonly store: Store,
+  ) {}
+
+  private check(offset: number, maxResults: number, capacity: number): void {
+    if (offset < 0) throw invalidArgument('starting_offset must not be negative');
+    if (maxResults < 0) throw invalidArgument('max_results must not be negative');
+    if (offset >= capacity && !(offset === 0 && capacity === 0))
+      throw outOfRange(`starting_offset ${offset} is past the end of the ${capacity}-byte snapshot`);
+  }
+
+  private snapshot(id: string, field: string) {
+    const info = this.store.findChecked('snapshot', id, field);
+    if (!info) throw notFound(`snapshot ${id} does not exist`);
+    return info;
+  }
+
+  async allocated(req: AllocatedRequest): Promise<{ capacity: number; ranges: ByteRange[] }> {
+    const info = this.snapshot(req.snapshot_id, 'snapshot_id');
+    this.check(req.starting_offset, req.max_results, info.sizeBytes);
+    const pool = this.store.pool;
+    const runs = await withMetadataSnap(pool, () => pool.allocated(info.id, { useMetadataSnap: true }));
+    const fixed = this.config.blockMetadataType === 'FIXED_LENGTH';
+    return {
+      capacity: info.sizeBytes,
+      ranges: toByteRanges(runs, pool.blockBytes, info.sizeBytes, req.starting_offset, fixed),
+    };
+  }
+
+  async delta(req: DeltaRequest): Promise<{ capacity: number; ranges: ByteRange[] }> {
+    const base = this.snapshot(req.base_snapshot_id, 'base_snapshot_id');
+    const target = this.snapshot(req.target_snapshot_id, 'target_snapshot_id');
+    if (base.labels[LABEL_SOURCE] !== target.labels[LABEL_SOURCE])
+      throw invalidArgument('base and target snapshots are of different volumes');
+    this.check(req.starting_offset, req.max_results, target.sizeBytes);
+    const pool = this.store.pool;
+    const runs = await withMetadataSnap(pool, () =>
+      pool.delta(base.id, target.id, { useMetadataSnap: true }),
+    );
+    const fixed = this.config.blockMetadataType === 'FIXED_LENGTH';
+    return {
+      capacity: target.sizeBytes,
+      ranges: toByteRanges(runs, pool.blockBytes, target.sizeBytes, req.starting_offset, fixed),
+    };
+  }
+
+  handlers(locks: OperationLocks): grpc.UntypedServiceImplementation {
+    const stream =
+      (compute: (r: never) => Promise<{ capacity: number; ranges: ByteRange[] }>) =>
+      async (req: { max_results: number }, send: (m: object) => Promise<boolean>): Promise<void> => {
+        const { capacity, ranges } = await compute(req as never);
+        const per = req.max_results > 0 ? req.max_results : this.config.defaultMaxResults;
+        const header = {
+          block_metadata_type: this.config.blockMetadataType,
+          volume_capacity_bytes: capacity,
+        };
+        if (ranges.length === 0) {
+          await send({ ...header, block_metadata: [] });
+          return;
+        }
+        for (let i = 0; i < ranges.length; i += per) {
+          if (!(await send({ ...header, block_metadata: ranges.slice(i, i + per) }))) return;
+        }
+      };
+    return {
+      GetMetadataAllocated: serverStream(locks, 'GetMetadataAllocated', {
+        run: stream((r) => this.allocated(r)),
+      }),
+      GetMetadataDelta: serverStream(locks, 'GetMetadataDelta', { run: stream((r) => this.delta(r)) }),
+    };
+  }
+}

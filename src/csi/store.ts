@@ -1,0 +1,120 @@
+// CSI volumes and snapshots as thin devices: ids, names and parameters live in the devices'
+// catalogue labels, so the pool's own crash-safe catalogue is the driver's only state.
+import { randomUUID } from 'node:crypto';
+import type { DeviceInfo, Pool } from '../thin/pool';
+import { invalidArgument } from './errors';
+
+export const LABEL_KIND = 'csi.kind';
+export const LABEL_NAME = 'csi.name';
+export const LABEL_UID = 'csi.uid';
+export const LABEL_PARAMETERS = 'csi.parameters';
+/** Volumes: `snapshot:<id>` / `volume:<id>` they were made from. Snapshots: the source volume id. */
+export const LABEL_SOURCE = 'csi.source';
+/** `csi.publish/<node id>` → JSON PublishRecord: the node's NBD grant. */
+export const LABEL_PUBLISH_PREFIX = 'csi.publish/';
+
+export type Kind = 'volume' | 'snapshot';
+
+export interface PublishRecord {
+  secret: string;
+  readonly: boolean;
+}
+
+export interface ParsedId {
+  pool: string;
+  deviceId: number;
+  uid: string;
+}
+
+/** Ids look like `<pool>:<device id>:<generation uuid>`; the uuid makes them never repeat. */
+export function parseId(id: string): ParsedId | undefined {
+  const m = /^([A-Za-z0-9._-]+):(\d{1,8}):([0-9a-f-]{36})$/.exec(id);
+  if (!m) return undefined;
+  return { pool: m[1], deviceId: Number(m[2]), uid: m[3] };
+}
+
+/** Runs functions one at a time (device id choice and creation must not interleave). */
+export class Serial {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.tail.then(fn, fn);
+    this.tail = next.catch(() => undefined);
+    return next;
+  }
+}
+
+export class Store {
+  readonly deviceSet = new Serial();
+
+  constructor(
+    readonly pool: Pool,
+    readonly poolName: string,
+  ) {}
+
+  idOf(info: DeviceInfo): string {
+    return `${this.poolName}:${info.id}:${info.labels[LABEL_UID]}`;
+  }
+
+  newLabels(kind: Kind, name: string, extra: Record<string, string>): Record<string, string> {
+    return { [LABEL_KIND]: kind, [LABEL_NAME]: name, [LABEL_UID]: randomUUID(), ...extra };
+  }
+
+  /** The device behind a volume or snapshot id, or undefined if it is gone (or never was). */
+  find(kind: Kind, id: string): DeviceInfo | undefined {
+    const parsed = parseId(id);
+    if (!parsed || parsed.pool !== this.poolName) return undefined;
+    const entry = this.pool.catalogue.get(parsed.deviceId);
+    if (!entry || entry.labels[LABEL_KIND] !== kind || entry.labels[LABEL_UID] !== parsed.uid)
+      return undefined;
+    return this.pool.deviceInfo(parsed.deviceId);
+  }
+
+  /** Like `find`, but a malformed id is the caller's mistake. */
+  findChecked(kind: Kind, id: string, field: string): DeviceInfo | undefined {
+    if (!id) throw invalidArgument(`${field} is required`);
+    return this.find(kind, id);
+  }
+
+  byName(kind: Kind, name: string): DeviceInfo | undefined {
+    return this.list(kind).find((d) => d.labels[LABEL_NAME] === name);
+  }
+
+  list(kind: Kind): DeviceInfo[] {
+    return this.pool.listDevices().filter((d) => d.labels[LABEL_KIND] === kind);
+  }
+
+  publications(info: DeviceInfo): Map<string, PublishRecord> {
+    const out = new Map<string, PublishRecord>();
+    for (const [k, v] of Object.entries(info.labels)) {
+      if (k.startsWith(LABEL_PUBLISH_PREFIX))
+        out.set(k.slice(LABEL_PUBLISH_PREFIX.length), JSON.parse(v) as PublishRecord);
+    }
+    return out;
+  }
+
+  async setPublication(
+    info: DeviceInfo,
+    nodeId: string,
+    record: PublishRecord | undefined,
+  ): Promise<DeviceInfo> {
+    const labels = { ...this.pool.catalogue.get(info.id)!.labels };
+    if (record) labels[LABEL_PUBLISH_PREFIX + nodeId] = JSON.stringify(record);
+    else delete labels[LABEL_PUBLISH_PREFIX + nodeId];
+    return this.pool.setLabels(info.id, labels);
+  }
+
+  /** Σ virtual sizes of volumes: what overprovisioning is measured against. */
+  provisionedBytes(): number {
+    return this.list('volume').reduce((sum, d) => sum + d.sizeBytes, 0);
+  }
+
+  poolBytes(): number {
+    const s = this.pool.status();
+    return s.dataBlocksTotal * s.dataBlockBytes;
+  }
+
+  freeBytes(): number {
+    const s = this.pool.status();
+    return (s.dataBlocksTotal - s.dataBlocksUsed) * s.dataBlockBytes;
+  }
+}

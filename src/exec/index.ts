@@ -1,0 +1,146 @@
+// The one way this project runs external programs (mkfs, mount, losetup, nbdfuse, ...):
+// execFile with an argument array (never a shell), logged, with failures as typed errors.
+import { execFile, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import { logger } from '../log';
+
+const log = logger('exec');
+
+// Tools live in the sbin directories, which a non-login PATH may lack.
+const TOOL_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+export interface RunOptions {
+  timeoutMs?: number;
+  /** Extra environment variables. */
+  env?: Record<string, string>;
+  /** Text for the program's stdin. */
+  input?: string;
+  /** Exit codes that count as success (default [0]). */
+  okExitCodes?: number[];
+  /** Log at debug instead of info (for polling commands). */
+  quiet?: boolean;
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
+
+/** A program could not be started, timed out, or exited with a code we did not accept. */
+export class ExecError extends Error {
+  constructor(
+    readonly command: string,
+    readonly args: readonly string[],
+    readonly exitCode: number | null,
+    readonly stderr: string,
+    readonly stdout: string,
+    readonly reason: string,
+  ) {
+    super(`${command} ${args.join(' ')}: ${reason}${stderr.trim() ? `: ${stderr.trim()}` : ''}`);
+    this.name = 'ExecError';
+  }
+}
+
+function environment(extra?: Record<string, string>): NodeJS.ProcessEnv {
+  return { ...process.env, PATH: `${TOOL_PATH}:${process.env.PATH ?? ''}`, LC_ALL: 'C', ...extra };
+}
+
+/** Runs `command args…` to completion and returns its output. */
+export function run(command: string, args: string[], options: RunOptions = {}): Promise<RunResult> {
+  const started = Date.now();
+  const ok = options.okExitCodes ?? [0];
+  return new Promise((resolve, reject) => {
+    const child = execFile(
+      command,
+      args,
+      {
+        timeout: options.timeoutMs ?? 120_000,
+        maxBuffer: 64 * 1024 * 1024,
+        env: environment(options.env),
+        encoding: 'utf8',
+      },
+      (error, stdout, stderr) => {
+        const exitCode = error === null ? 0 : typeof error.code === 'number' ? error.code : null;
+        const ms = Date.now() - started;
+        if (exitCode !== null && ok.includes(exitCode)) {
+          log.log(options.quiet ? 'debug' : 'info', 'ran', { command, args, exitCode, ms });
+          resolve({ stdout, stderr, exitCode });
+          return;
+        }
+        const reason =
+          error?.killed || error?.signal
+            ? `killed by ${error.signal ?? 'timeout'} after ${ms} ms`
+            : exitCode === null
+              ? `could not run (${error?.message ?? 'unknown error'})`
+              : `exit code ${exitCode}`;
+        log.warn('command failed', { command, args, exitCode, reason, stderr: stderr.trim().slice(0, 2000) });
+        reject(new ExecError(command, args, exitCode, stderr, stdout, reason));
+      },
+    );
+    if (options.input !== undefined) child.stdin?.end(options.input);
+  });
+}
+
+/** Runs a program whose stdout is JSON (e.g. `findmnt -J`, `losetup -J`) and parses it. */
+export async function runJson<T>(command: string, args: string[], options: RunOptions = {}): Promise<T> {
+  const result = await run(command, args, options);
+  try {
+    return JSON.parse(result.stdout) as T;
+  } catch (e) {
+    throw new ExecError(
+      command,
+      args,
+      0,
+      result.stderr,
+      result.stdout,
+      `unparsable JSON output: ${(e as Error).message}`,
+    );
+  }
+}
+
+/**
+ * Starts a long-lived helper (e.g. nbdfuse) in its own session so that it outlives this
+ * process, and resolves with its pid once `ready()` holds. Its stderr goes to `logFile`.
+ */
+export async function spawnDetached(
+  command: string,
+  args: string[],
+  options: { logFile: string; ready: () => boolean; timeoutMs?: number },
+): Promise<number> {
+  log.info('starting', { command, args });
+  const out = fs.openSync(options.logFile, 'a');
+  const child = spawn(command, args, { detached: true, stdio: ['ignore', out, out], env: environment() });
+  fs.closeSync(out);
+  let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  let spawnError: Error | undefined;
+  child.on('exit', (code, signal) => (exit = { code, signal }));
+  child.on('error', (e) => (spawnError = e));
+  child.unref();
+  const deadline = Date.now() + (options.timeoutMs ?? 20_000);
+  for (;;) {
+    if (spawnError) throw new ExecError(command, args, null, '', '', `could not run (${spawnError.message})`);
+    if (exit) {
+      const stderr = fs.existsSync(options.logFile)
+        ? fs.readFileSync(options.logFile, 'utf8').slice(-2000)
+        : '';
+      throw new ExecError(command, args, exit.code, stderr, '', `exited early (${exit.code ?? exit.signal})`);
+    }
+    if (options.ready()) return child.pid!;
+    if (Date.now() > deadline) {
+      child.kill('SIGTERM');
+      throw new ExecError(command, args, null, '', '', 'did not become ready in time');
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** True if a process with this pid exists. */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

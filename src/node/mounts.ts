@@ -1,0 +1,77 @@
+// Mount table queries and mount/unmount, all through src/exec.
+import fs from 'node:fs';
+import { ExecError, run, runJson } from '../exec';
+
+interface FindmntJson {
+  filesystems: { target: string; source: string; fstype: string; options: string }[];
+}
+
+export interface MountEntry {
+  target: string;
+  source: string;
+  fstype: string;
+  options: string[];
+}
+
+/** The mount at exactly `target`, if any (the last one, when mounts are stacked). */
+export async function mountAt(target: string): Promise<MountEntry | undefined> {
+  try {
+    const json = await runJson<FindmntJson>(
+      'findmnt',
+      ['-J', '-n', '-o', 'TARGET,SOURCE,FSTYPE,OPTIONS', '--mountpoint', target],
+      {
+        okExitCodes: [0],
+        quiet: true,
+      },
+    );
+    const last = json.filesystems[json.filesystems.length - 1];
+    if (!last) return undefined;
+    return {
+      target: last.target,
+      source: last.source,
+      fstype: last.fstype,
+      options: last.options.split(','),
+    };
+  } catch (e) {
+    if (e instanceof ExecError && e.exitCode === 1) return undefined;
+    throw e;
+  }
+}
+
+export async function isMounted(target: string): Promise<boolean> {
+  return (await mountAt(target)) !== undefined;
+}
+
+export async function mount(
+  source: string,
+  target: string,
+  fstype: string | undefined,
+  options: string[],
+): Promise<void> {
+  const args = [];
+  if (fstype) args.push('-t', fstype);
+  if (options.length) args.push('-o', options.join(','));
+  await run('mount', [...args, source, target]);
+}
+
+/** Bind-mounts `source` on `target`, then makes it read-only if asked (needs a remount). */
+export async function bindMount(source: string, target: string, readOnly: boolean): Promise<void> {
+  await run('mount', ['--bind', source, target]);
+  if (readOnly) await run('mount', ['-o', 'remount,bind,ro', target]);
+}
+
+/** Unmounts every mount stacked at `target`; does nothing when nothing is mounted. */
+export async function unmountAll(target: string): Promise<void> {
+  for (let i = 0; i < 8 && (await isMounted(target)); i++) {
+    await run('umount', [target]);
+  }
+}
+
+export function pathExists(p: string): boolean {
+  try {
+    fs.lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
