@@ -110,6 +110,13 @@ describe('nbdinfo against the NBD server', () => {
     expect(byName.get('snap')?.can_trim).toBe(false);
   });
 
+  it('lists exports to the kernel client tool (nbd-client -l)', async () => {
+    const { stdout } = await tool('nbd-client', ['-l', '127.0.0.1', String(t.port)]);
+    expect(stdout).toMatch(/^disk: test disk$/m);
+    expect(stdout).toMatch(/^holey: a device with holes$/m);
+    expect(stdout).not.toMatch(/vol-secret/);
+  });
+
   it('maps base:allocation exactly as the device reports holes', async () => {
     const { stdout } = await tool('nbdinfo', ['--map', '--json', t.uri('holey')]);
     const expected = (await holey.blockStatus(0, 8 * MiB)).map((e) => ({
