@@ -15,8 +15,18 @@ export interface MappedRange {
   length: number;
 }
 
-/** Where device `a` and device `b` map differently, read from the trees under `sb`. */
-export function deltaRanges(md: ThinMetadata, sb: Superblock, a: number, b: number): DeltaRange[] {
+/**
+ * Where device `a` and device `b` map differently, read from the trees under `sb`, optionally
+ * only for virtual blocks in [from, to).
+ */
+export function deltaRanges(
+  md: ThinMetadata,
+  sb: Superblock,
+  a: number,
+  b: number,
+  from = 0,
+  to = Number.MAX_SAFE_INTEGER,
+): DeltaRange[] {
   const rootA = md.deviceRoot(a, sb.dataMappingRoot);
   if (rootA === undefined) throw new DeviceNotFoundError(a);
   const rootB = md.deviceRoot(b, sb.dataMappingRoot);
@@ -33,6 +43,8 @@ export function deltaRanges(md: ThinMetadata, sb: Superblock, a: number, b: numb
       if (last && last.kind === kind && last.begin + last.length === vblock) last.length++;
       else ranges.push({ begin: vblock, length: 1, kind });
     },
+    from,
+    to,
   );
   return ranges;
 }

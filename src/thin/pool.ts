@@ -307,6 +307,42 @@ export class Pool extends EventEmitter implements DeviceHost {
     return this.gate.run(async () => deltaRanges(this.md, this.viewFor(options), a, b));
   }
 
+  /**
+   * The bytes of [offset, offset+length) of `target` as runs that differ (`changed`) or not from
+   * `base`, at block granularity: what a changed-block-tracking reader asks for.
+   */
+  async changedExtents(
+    base: number,
+    target: number,
+    offset: number,
+    length: number,
+    options: { useMetadataSnap?: boolean } = {},
+  ): Promise<{ offset: number; length: number; changed: boolean }[]> {
+    const bs = this.blockBytes;
+    const end = offset + length;
+    const first = Math.floor(offset / bs);
+    const ranges = await this.gate.run(async () =>
+      deltaRanges(this.md, this.viewFor(options), base, target, first, Math.ceil(end / bs)),
+    );
+    const out: { offset: number; length: number; changed: boolean }[] = [];
+    const push = (from: number, to: number, changed: boolean) => {
+      from = Math.max(from, offset);
+      to = Math.min(to, end);
+      if (to <= from) return;
+      const last = out[out.length - 1];
+      if (last && last.changed === changed && last.offset + last.length === from) last.length += to - from;
+      else out.push({ offset: from, length: to - from, changed });
+    };
+    let cursor = offset;
+    for (const r of ranges) {
+      push(cursor, r.begin * bs, false);
+      push(r.begin * bs, (r.begin + r.length) * bs, true);
+      cursor = (r.begin + r.length) * bs;
+    }
+    push(cursor, end, false);
+    return out;
+  }
+
   async allocated(id: number, options: { useMetadataSnap?: boolean } = {}): Promise<MappedRange[]> {
     return this.gate.run(async () => allocatedRanges(this.md, this.viewFor(options), id));
   }

@@ -1,12 +1,14 @@
 import { BTree } from './btree';
 
 type Item =
-  { tree: true; location: number; low: number; height: number } | { tree: false; key: number; value: Buffer };
+  | { tree: true; location: number; low: number; high: number; height: number }
+  | { tree: false; key: number; value: Buffer };
 
 /**
- * Walks two trees of the same kind together in key order and reports every key whose value
- * differs (or exists on one side only). A subtree that is the same block in both trees is
- * skipped without being read, so the cost follows the amount of change, not the tree size.
+ * Walks two trees of the same kind together in key order and reports every key in [from, to)
+ * whose value differs (or exists on one side only). A subtree that is the same block in both
+ * trees is skipped without being read, and so is one wholly outside the range: the cost follows
+ * the amount of change, not the tree size.
  */
 export function diffTrees(
   tree: BTree,
@@ -14,24 +16,34 @@ export function diffTrees(
   rootB: number,
   equal: (a: Buffer, b: Buffer) => boolean,
   report: (key: number, a: Buffer | undefined, b: Buffer | undefined) => void,
+  from = 0,
+  to = Number.MAX_SAFE_INTEGER,
 ): void {
   // Each queue is a stack whose top is the next item in key order.
-  const qa: Item[] = [{ tree: true, location: rootA, low: 0, height: height(tree, rootA) }];
-  const qb: Item[] = [{ tree: true, location: rootB, low: 0, height: height(tree, rootB) }];
+  const root = (location: number): Item => ({
+    tree: true,
+    location,
+    low: 0,
+    high: Number.MAX_SAFE_INTEGER,
+    height: height(tree, location),
+  });
+  const qa: Item[] = [root(rootA)];
+  const qb: Item[] = [root(rootB)];
   const expand = (q: Item[]) => {
     const item = q.pop() as Extract<Item, { tree: true }>;
     const node = tree.node(item.location);
     const n = node.nrEntries;
     for (let i = n - 1; i >= 0; i--) {
-      // Views into the node, not copies: the walk is synchronous, so nothing changes under it.
-      if (node.isLeaf) q.push({ tree: false, key: node.key(i), value: node.value(i) });
-      else
-        q.push({
-          tree: true,
-          location: node.child(i),
-          low: i === 0 ? item.low : node.key(i),
-          height: item.height - 1,
-        });
+      const key = node.key(i);
+      if (node.isLeaf) {
+        // Views into the node, not copies: the walk is synchronous, so nothing changes under it.
+        if (key >= from && key < to) q.push({ tree: false, key, value: node.value(i) });
+        continue;
+      }
+      const low = i === 0 ? item.low : key;
+      const high = i + 1 < n ? node.key(i + 1) : item.high;
+      if (high > from && low < to)
+        q.push({ tree: true, location: node.child(i), low, high, height: item.height - 1 });
     }
   };
   for (;;) {
