@@ -5,6 +5,7 @@ import { log } from '../log';
 import { poolCommands } from './commands/pool';
 import { serve, serveCommand } from './commands/serve';
 import { thinCommands } from './commands/thin';
+import { nbdCommands } from './commands/nbd';
 
 // Every command is a thin file over the library; this only wires them and reports failures.
 export async function main(args: string[]): Promise<void> {
@@ -14,6 +15,7 @@ export async function main(args: string[]): Promise<void> {
     .scriptName('thinpool')
     .command('pool', 'create, inspect, check and grow pools; metadata snapshots', poolCommands)
     .command('thin', 'thin devices: create, snapshot, delete, import/export images, delta', thinCommands)
+    .command('nbd', 'serve thin devices over NBD', nbdCommands)
     .command('serve', 'run the CSI driver (controller, node, or both)', serveCommand, (argv) => serve(argv))
     .demandCommand(1, 'name a command (try --help)')
     .strict()

@@ -1,0 +1,128 @@
+// `thinpool nbd serve` seen by real NBD clients: the exports, their allocation map and the
+// changed-block context must equal what the engine itself says.
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { Pool } from '../../src/thin/pool';
+import { CLI } from '../helpers/cli';
+import { makeTempDir } from '../helpers/tmp';
+import { runTool } from '../helpers/tools';
+import { seededRandom, testSeed } from '../helpers/random';
+import { randomData, randomRange } from '../helpers/thin-model';
+
+const BLOCK = 64 * 1024;
+const SIZE = 512 * BLOCK;
+const tmp = makeTempDir();
+let server: ChildProcess | undefined;
+afterAll(() => {
+  server?.kill('SIGKILL');
+  tmp.cleanup();
+});
+
+type Run = [offset: number, length: number, flags: number];
+
+/** nbdinfo --map output as [offset, length, flags] runs, neighbours with equal flags merged. */
+function parseMap(text: string): Run[] {
+  const runs: Run[] = [];
+  for (const line of text.trim().split('\n')) {
+    const [offset, length, flags] = line.trim().split(/\s+/).map(Number);
+    const last = runs[runs.length - 1];
+    if (last && last[2] === flags && last[0] + last[1] === offset) last[1] += length;
+    else runs.push([offset, length, flags]);
+  }
+  return runs;
+}
+
+/** Block ranges as byte runs over the whole device: `on` inside the ranges, `off` elsewhere. */
+function toRuns(ranges: { begin: number; length: number }[], on: number, off: number): Run[] {
+  const runs: Run[] = [];
+  let cursor = 0;
+  const push = (from: number, to: number, flags: number) => {
+    if (to <= from) return;
+    const last = runs[runs.length - 1];
+    if (last && last[2] === flags && last[0] + last[1] === from) last[1] += to - from;
+    else runs.push([from, to - from, flags]);
+  };
+  for (const r of ranges) {
+    push(cursor, r.begin * BLOCK, off);
+    push(r.begin * BLOCK, (r.begin + r.length) * BLOCK, on);
+    cursor = (r.begin + r.length) * BLOCK;
+  }
+  push(cursor, SIZE, off);
+  return runs;
+}
+
+it('serves exports whose allocation map and delta context match the engine', async () => {
+  const rnd = seededRandom(testSeed());
+  const dir = path.join(tmp.dir, 'pool');
+  const pool = await Pool.create(dir, { dataSizeBytes: 2 ** 30 }, { commitIntervalMs: 0 });
+  await pool.createThin(1, SIZE);
+  for (let i = 0; i < 60; i++) {
+    const { offset, length } = randomRange(rnd, SIZE);
+    await pool.device(1).write(offset, randomData(length));
+  }
+  await pool.createSnap(2, 1);
+  for (let i = 0; i < 30; i++) {
+    const { offset, length } = randomRange(rnd, SIZE);
+    await pool.device(1).write(offset, randomData(length));
+  }
+  await pool.createSnap(3, 1);
+  const allocated = await pool.allocated(1);
+  const delta = await pool.delta(2, 3);
+  await pool.close();
+  expect(delta.length).toBeGreaterThan(0);
+
+  server = spawn(
+    process.execPath,
+    [
+      CLI,
+      'nbd',
+      'serve',
+      dir,
+      '--listen',
+      '127.0.0.1:0',
+      '--export',
+      'vol=1',
+      '--export',
+      's2=2:ro',
+      '--export',
+      's3=3:ro',
+    ],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  const address = await new Promise<string>((resolve, reject) => {
+    server!.stdout!.on('data', (d: Buffer) => {
+      const m = /listening (\S+)/.exec(d.toString());
+      if (m) resolve(m[1]);
+    });
+    server!.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
+  });
+  const uri = (name: string) => `nbd://${address}/${name}`;
+
+  const list = JSON.parse((await runTool('nbdinfo', ['--json', '--list', `nbd://${address}`])).stdout);
+  const exports = Object.fromEntries(
+    list.exports.map((e: { 'export-name': string }) => [e['export-name'], e]),
+  );
+  expect(Object.keys(exports).sort()).toEqual(['s2', 's3', 'vol']);
+  expect(exports.vol['export-size']).toBe(SIZE);
+  expect(exports.s3['is_read_only']).toBe(true);
+  expect(exports.vol['is_read_only']).toBe(false);
+  expect(exports.s3.contexts).toEqual(expect.arrayContaining(['base:allocation', 'thinpool:delta:2']));
+
+  const map = await runTool('nbdinfo', ['--map', uri('vol')]);
+  expect(map.code).toBe(0);
+  // base:allocation: 0 = data, 3 = hole|zero.
+  expect(parseMap(map.stdout)).toEqual(toRuns(allocated, 0, 3));
+
+  const deltaMap = await runTool('nbdinfo', ['--map=thinpool:delta:2', uri('s3')]);
+  expect(deltaMap.code).toBe(0);
+  expect(parseMap(deltaMap.stdout)).toEqual(toRuns(delta, 1, 0));
+
+  const write = await runTool('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', uri('s3')]);
+  expect(write.stdout + write.stderr).toMatch(/Operation not permitted|read-only|Permission denied/i);
+
+  server.kill('SIGTERM');
+  expect(await new Promise((r) => server!.once('exit', (code) => r(code)))).toBe(0);
+  server = undefined;
+});
