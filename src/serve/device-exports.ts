@@ -2,6 +2,7 @@
 // export definition (neither thin/ nor nbd/ imports the other).
 import type { ExportDefinition, MetaContextProvider } from '../nbd';
 import type { Pool } from '../thin/pool';
+import { MeteredDevice } from '../metrics/nbd-metrics';
 
 export const DELTA_CONTEXT_PREFIX = 'thinpool:delta:';
 /** Status bit of the delta context: the extent differs from the base snapshot. */
@@ -39,7 +40,7 @@ export function deviceExport(pool: Pool, options: DeviceExportOptions): ExportDe
   return {
     name: options.name,
     description: `thin device ${options.deviceId}${info.origin !== undefined ? ` (snapshot of ${info.origin})` : ''}`,
-    device,
+    device: new MeteredDevice(device, options.name),
     readOnly: options.readOnly,
     access: options.access ?? { kind: 'open' },
     metaContexts,

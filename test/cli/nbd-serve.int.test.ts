@@ -67,6 +67,10 @@ it('serves exports whose allocation map and delta context match the engine', asy
   }
   await pool.createSnap(3, 1);
   const allocated = await pool.allocated(1);
+  allocatedOf.set(
+    2,
+    (await pool.allocated(2)).reduce((n, r) => n + r.length * BLOCK, 0),
+  );
   const delta = await pool.delta(2, 3);
   await pool.close();
   expect(delta.length).toBeGreaterThan(0);
@@ -86,15 +90,19 @@ it('serves exports whose allocation map and delta context match the engine', asy
       's2=2:ro',
       '--export',
       's3=3:ro',
+      '--metrics-listen',
+      '127.0.0.1:0',
     ],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
     },
   );
-  const address = await new Promise<string>((resolve, reject) => {
+  const [address, metricsAddress] = await new Promise<[string, string]>((resolve, reject) => {
+    let out = '';
     server!.stdout!.on('data', (d: Buffer) => {
-      const m = /listening (\S+)/.exec(d.toString());
-      if (m) resolve(m[1]);
+      out += d.toString();
+      const m = /listening (\S+)\nmetrics (\S+)\n/.exec(out);
+      if (m) resolve([m[1], m[2]]);
     });
     server!.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
   });
@@ -121,6 +129,21 @@ it('serves exports whose allocation map and delta context match the engine', asy
 
   const write = await runTool('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', uri('s3')]);
   expect(write.stdout + write.stderr).toMatch(/Operation not permitted|read-only|Permission denied/i);
+
+  // Server-side counters: the whole export s2 read once by nbdcopy shows up in /metrics.
+  const copy = await runTool('nbdcopy', [uri('s2'), path.join(tmp.dir, 's2.img')]);
+  expect(copy.code).toBe(0);
+  const metrics = await (await fetch(`http://${metricsAddress}/metrics`)).text();
+  const readBytes = Number(
+    /thinpool_nbd_bytes_total\{export="s2",op="read"\} (\d+)/.exec(metrics)?.[1] ?? -1,
+  );
+  // nbdcopy reads only the allocated parts (it skips holes from base:allocation).
+  expect(readBytes).toBeGreaterThanOrEqual(allocatedS2);
+  expect(readBytes).toBeLessThanOrEqual(SIZE);
+  expect(metrics).toMatch(/thinpool_pool_devices\{pool="[^"]+"\} 3/);
+  expect(metrics).toMatch(/thinpool_nbd_operations_total\{export="s3",op="block_status",result="ok"\} [1-9]/);
+  expect(metrics).toMatch(/thinpool_nbd_operations_total\{export="s3",op="write",result="error"\} [1-9]/);
+  expect((await fetch(`http://${metricsAddress}/healthz`)).status).toBe(200);
 
   server.kill('SIGTERM');
   expect(await new Promise((r) => server!.once('exit', (code) => r(code)))).toBe(0);

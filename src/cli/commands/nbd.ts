@@ -1,10 +1,13 @@
 import fs from 'node:fs';
 import type { Argv } from 'yargs';
-import { NbdServer, type ListenAddress, type TlsMode } from '../../nbd';
+import { NbdServer, type TlsMode } from '../../nbd';
 import { Pool } from '../../thin/pool';
 import { deviceExport } from '../../serve/device-exports';
 import { logger } from '../../log';
 import { CommandFailed } from '../errors';
+import { registerNbdServerMetrics } from '../../metrics/nbd-metrics';
+import { registerPoolMetrics } from '../../metrics/pool-metrics';
+import { startMetricsServer } from '../../metrics/http';
 
 const log = logger('cli');
 
@@ -20,7 +23,7 @@ function parseExport(text: string): ExportSpec {
   return { name: m[1], deviceId: Number(m[2]), readOnly: Boolean(m[3]) };
 }
 
-export function parseListen(text: string): ListenAddress {
+export function parseListen(text: string): { host: string; port: number } {
   const m = /^(.*):(\d+)$/.exec(text);
   if (!m || Number(m[2]) > 65535) throw new CommandFailed(`--listen "${text}" is not host:port`);
   return { host: m[1].replace(/^\[(.*)\]$/, '$1'), port: Number(m[2]) };
@@ -74,6 +77,12 @@ export function nbdCommands(yargs: Argv): Argv {
             .listDevices()
             .map((d) => ({ name: String(d.id), deviceId: d.id, readOnly: d.labels.kind === 'snapshot' }));
         for (const spec of specs) server.addExport(deviceExport(pool, { ...spec, deltaBases: ids }));
+        registerNbdServerMetrics(server);
+        registerPoolMetrics(argv.pool, () => pool);
+        const metricsAt = argv['metrics-listen'] ? parseListen(String(argv['metrics-listen'])) : undefined;
+        const metrics = metricsAt
+          ? await startMetricsServer({ ...metricsAt, healthy: () => pool.readOnlyBecause === undefined })
+          : undefined;
         const bound = await server.listen(
           argv.socket ? { path: argv.socket } : parseListen(argv.listen ?? '127.0.0.1:10809'),
         );
@@ -83,6 +92,9 @@ export function nbdCommands(yargs: Argv): Argv {
         });
         // Printed for scripts and tests that wait for the server to be ready.
         process.stdout.write(`listening ${'path' in bound ? bound.path : `${bound.host}:${bound.port}`}\n`);
+        if (metricsAt && metrics)
+          process.stdout.write(`metrics ${metricsAt.host}:${metrics.port}
+`);
         await new Promise<void>((resolve) => {
           const stop = (signal: string) => {
             log.info(`${signal}: closing exports and committing the pool`);
@@ -91,6 +103,7 @@ export function nbdCommands(yargs: Argv): Argv {
           process.once('SIGTERM', () => stop('SIGTERM'));
           process.once('SIGINT', () => stop('SIGINT'));
         });
+        metrics?.server.close();
         await server.close();
         await pool.close();
       },

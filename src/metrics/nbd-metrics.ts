@@ -1,0 +1,70 @@
+import client from 'prom-client';
+import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../block-device';
+import type { NbdServer } from '../nbd';
+import { nbdBytes, nbdLatency, nbdOperations, registry } from './registry';
+
+const servers = new Set<NbdServer>();
+
+new client.Gauge({
+  name: 'thinpool_nbd_connections',
+  help: 'Open NBD client connections',
+  registers: [registry],
+  collect() {
+    let n = 0;
+    for (const s of servers) n += s.connectionCount();
+    this.set(n);
+  },
+});
+
+export function registerNbdServerMetrics(server: NbdServer): void {
+  servers.add(server);
+}
+
+/** A device that counts what its export serves (bytes, operations, latency). */
+export class MeteredDevice implements BlockDevice {
+  constructor(
+    private readonly device: BlockDevice,
+    private readonly exportName: string,
+  ) {}
+
+  get sizeBytes(): number {
+    return this.device.sizeBytes;
+  }
+  get readOnly(): boolean {
+    return this.device.readOnly;
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.measure('read', length, () => this.device.read(offset, length));
+  }
+  write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+    return this.measure('write', data.length, () => this.device.write(offset, data, options));
+  }
+  trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
+    return this.measure('trim', length, () => this.device.trim(offset, length, options));
+  }
+  writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
+    return this.measure('zero', length, () => this.device.writeZeroes(offset, length, options));
+  }
+  flush(): Promise<void> {
+    return this.measure('flush', 0, () => this.device.flush());
+  }
+  blockStatus(offset: number, length: number): Promise<Extent[]> {
+    return this.measure('block_status', 0, () => this.device.blockStatus(offset, length));
+  }
+
+  private async measure<T>(op: string, bytes: number, fn: () => Promise<T>): Promise<T> {
+    const stop = nbdLatency.startTimer({ op });
+    try {
+      const result = await fn();
+      if (bytes) nbdBytes.inc({ export: this.exportName, op }, bytes);
+      nbdOperations.inc({ export: this.exportName, op, result: 'ok' });
+      return result;
+    } catch (e) {
+      nbdOperations.inc({ export: this.exportName, op, result: 'error' });
+      throw e;
+    } finally {
+      stop();
+    }
+  }
+}
