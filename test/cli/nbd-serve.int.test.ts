@@ -67,10 +67,7 @@ it('serves exports whose allocation map and delta context match the engine', asy
   }
   await pool.createSnap(3, 1);
   const allocated = await pool.allocated(1);
-  allocatedOf.set(
-    2,
-    (await pool.allocated(2)).reduce((n, r) => n + r.length * BLOCK, 0),
-  );
+  const allocatedS2 = (await pool.allocated(2)).reduce((n, r) => n + r.length * BLOCK, 0);
   const delta = await pool.delta(2, 3);
   await pool.close();
   expect(delta.length).toBeGreaterThan(0);
