@@ -52,6 +52,10 @@ export function nbdCommands(yargs: Argv): Argv {
             default: 1000,
             describe: 'milliseconds between periodic commits',
           })
+          .option('metrics-listen', {
+            type: 'string',
+            describe: 'host:port for /metrics and /healthz (off by default)',
+          })
           .conflicts('listen', 'socket'),
       async (argv) => {
         if (argv.tls !== 'off' && (!argv['tls-cert'] || !argv['tls-key'])) {
