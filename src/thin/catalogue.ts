@@ -35,6 +35,9 @@ export class CatalogueError extends Error {
  * atomically; it is kept in step with the metadata through the pool's transaction id.
  */
 export class Catalogue {
+  /** Changes applied in memory but not yet written (a completed intent waits for the next write). */
+  private unsaved = false;
+
   private constructor(
     readonly file: string,
     private data: CatalogueData,
@@ -87,7 +90,11 @@ export class Catalogue {
     this.save();
   }
 
-  /** Step 3: the pool committed `intent.toTransactionId`; make the catalogue say so. */
+  /**
+   * Step 3: the pool committed `intent.toTransactionId`; make the catalogue say so. The file
+   * is rewritten lazily (with the next intent, or on `flush`): until then it still holds the
+   * intent, which opening the pool rolls forward, so durability costs no extra sync here.
+   */
   completeIntent(): void {
     const intent = this.data.intent;
     if (!intent) return;
@@ -95,13 +102,18 @@ export class Catalogue {
     else delete this.data.devices[String(intent.id)];
     this.data.transactionId = intent.toTransactionId;
     delete this.data.intent;
-    this.save();
+    this.unsaved = true;
   }
 
-  /** The pool never committed the intent: forget it. */
+  /** Writes changes kept in memory (see `completeIntent`). */
+  flush(): void {
+    if (this.unsaved) this.save();
+  }
+
+  /** The pool never committed the intent: forget it (written lazily, like `completeIntent`). */
   abandonIntent(): void {
     delete this.data.intent;
-    this.save();
+    this.unsaved = true;
   }
 
   /** Changes that do not touch the device set (size, labels) need no pool transaction. */
@@ -116,5 +128,6 @@ export class Catalogue {
 
   private save(): void {
     writeFileAtomic(this.file, JSON.stringify(this.data, null, 2) + '\n');
+    this.unsaved = false;
   }
 }

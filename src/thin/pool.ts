@@ -496,6 +496,7 @@ export class Pool extends EventEmitter implements DeviceHost {
   }
 
   private async commitNow(): Promise<void> {
+    if (!this.readOnlyReason) this.catalogue.flush();
     const metadataChanged = this.md.hasUncommittedChanges;
     if (this.readOnlyReason || (!metadataChanged && !this.dataDirty)) return;
     if (this.dataDirty) await this.data.datasync();
@@ -592,40 +593,31 @@ export class Pool extends EventEmitter implements DeviceHost {
     const cat = this.catalogue;
     const tid = this.md.sb.transactionId;
     const intent = cat.intent;
-    let committed: boolean | undefined;
     if (intent) {
-      if (tid === intent.toTransactionId) committed = true;
-      else if (tid === intent.fromTransactionId) committed = false;
-      else {
+      const committed = tid === intent.toTransactionId;
+      if (!committed && tid !== intent.fromTransactionId) {
         throw new CatalogueError(
           `catalogue intent (${intent.op} ${intent.id}, transaction ${intent.fromTransactionId}→${intent.toTransactionId}) ` +
             `matches neither side of the pool's transaction id ${tid}`,
         );
       }
       log.warn(
-        `${committed ? 'finishing' : 'dropping'} a device ${intent.op} interrupted ${committed ? 'after' : 'before'} the pool commit`,
+        `${committed ? 'finishing' : 'dropping'} a device ${intent.op} cut short ${committed ? 'after' : 'before'} the pool commit`,
         {
           id: intent.id,
         },
       );
-      if (!this.readOnlyReason) {
-        if (committed) cat.completeIntent();
-        else cat.abandonIntent();
-      }
+      // In memory only; the file follows at the next commit (a read-only open never writes it).
+      if (committed) cat.completeIntent();
+      else cat.abandonIntent();
     } else if (cat.transactionId !== tid) {
       throw new CatalogueError(`catalogue is at transaction ${cat.transactionId} but the pool is at ${tid}`);
     }
-    // A read-only open cannot rewrite the catalogue; apply the intent in memory for the check.
-    const ids = new Set(cat.ids());
-    if (intent && committed && this.readOnlyReason) {
-      if (intent.op === 'create') ids.add(intent.id);
-      else ids.delete(intent.id);
-    }
-    const inMetadata = this.md.deviceIds();
-    const inCatalogue = [...ids].sort((x, y) => x - y);
-    if (inMetadata.join(',') !== inCatalogue.join(',')) {
+    const inMetadata = this.md.deviceIds().join(',');
+    const inCatalogue = cat.ids().join(',');
+    if (inMetadata !== inCatalogue) {
       throw new CatalogueError(
-        `devices in the metadata (${inMetadata.join(',')}) and the catalogue (${inCatalogue.join(',')}) differ`,
+        `devices in the metadata (${inMetadata}) and the catalogue (${inCatalogue}) differ`,
       );
     }
   }
