@@ -1,5 +1,8 @@
 import fs from 'node:fs';
+import { logger } from '../log';
 import { writeFileAtomic } from '../util/atomic-file';
+
+const log = logger('catalogue');
 
 /** What dm-thin does not store about a device: its size, lineage and labels. */
 export interface CatalogueEntry {
@@ -114,6 +117,43 @@ export class Catalogue {
   abandonIntent(): void {
     delete this.data.intent;
     this.unsaved = true;
+  }
+
+  /**
+   * Brings the catalogue in line with the metadata after a crash between the steps of a change
+   * (the rules are in docs/engine.md), then insists that both name the same devices.
+   */
+  reconcile(transactionId: number, deviceIds: number[]): void {
+    const intent = this.data.intent;
+    if (intent) {
+      const committed = transactionId === intent.toTransactionId;
+      if (!committed && transactionId !== intent.fromTransactionId) {
+        throw new CatalogueError(
+          `catalogue intent (${intent.op} ${intent.id}, transaction ${intent.fromTransactionId}→${intent.toTransactionId}) ` +
+            `matches neither side of the pool's transaction id ${transactionId}`,
+        );
+      }
+      log.warn(
+        `${committed ? 'finishing' : 'dropping'} a device ${intent.op} cut short ${committed ? 'after' : 'before'} the pool commit`,
+        {
+          id: intent.id,
+        },
+      );
+      // In memory only; the file follows at the next commit (a read-only open never writes it).
+      if (committed) this.completeIntent();
+      else this.abandonIntent();
+    } else if (this.data.transactionId !== transactionId) {
+      throw new CatalogueError(
+        `catalogue is at transaction ${this.data.transactionId} but the pool is at ${transactionId}`,
+      );
+    }
+    const inMetadata = deviceIds.join(',');
+    const inCatalogue = this.ids().join(',');
+    if (inMetadata !== inCatalogue) {
+      throw new CatalogueError(
+        `devices in the metadata (${inMetadata}) and the catalogue (${inCatalogue}) differ`,
+      );
+    }
   }
 
   /** Changes that do not touch the device set (size, labels) need no pool transaction. */

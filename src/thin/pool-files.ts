@@ -3,6 +3,20 @@ import path from 'node:path';
 import { deviceSizeBytes } from '../pdata/device-size';
 import { MAX_METADATA_BLOCKS } from '../pdata/space-map/metadata-space-map';
 import { formatSize } from '../util/size';
+import { logger } from '../log';
+import { Catalogue } from './catalogue';
+import { ThinMetadata } from './metadata';
+
+const log = logger('pool');
+
+export interface PoolCreateOptions {
+  dataSizeBytes?: number;
+  blockSizeBytes?: number;
+  metadataSizeBytes?: number;
+  /** Use this block device for data instead of a sparse file (linked as `<dir>/data`). */
+  dataDevice?: string;
+  metadataDevice?: string;
+}
 
 // Where a pool keeps its parts inside its directory. `metadata` and `data` may be symlinks to
 // block devices; everything else is a regular file.
@@ -70,4 +84,55 @@ export function prepareBacking(file: string, bytes: number, what: string): numbe
   }
   fs.closeSync(fd);
   return bytes;
+}
+
+/** Writes a new, empty pool into `dir`: metadata, data and catalogue; nothing is left on failure. */
+export function formatPool(dir: string, options: PoolCreateOptions): void {
+  const blockBytes = options.blockSizeBytes ?? 64 * 1024;
+  checkBlockSize(blockBytes);
+  const paths = poolPaths(dir);
+  if (fs.existsSync(paths.metadata) || fs.existsSync(paths.data) || fs.existsSync(paths.catalogue)) {
+    throw new PoolConfigError(`${dir} already holds a pool; refusing to overwrite it`);
+  }
+  if (!options.dataDevice && options.dataSizeBytes === undefined)
+    throw new PoolConfigError('a data size is required');
+  fs.mkdirSync(dir, { recursive: true });
+  try {
+    if (options.dataDevice) fs.symlinkSync(options.dataDevice, paths.data);
+    if (options.metadataDevice) fs.symlinkSync(options.metadataDevice, paths.metadata);
+    const dataBytes = prepareBacking(paths.data, options.dataSizeBytes ?? 0, 'data');
+    const nrDataBlocks = Math.floor(dataBytes / blockBytes);
+    if (nrDataBlocks < 1) {
+      throw new PoolConfigError(
+        `data size ${formatSize(dataBytes)} is smaller than one ${formatSize(blockBytes)} block`,
+      );
+    }
+    if (dataBytes % blockBytes) {
+      log.warn(
+        `data size is not a multiple of the block size; the last ${formatSize(dataBytes % blockBytes)} stay unused`,
+      );
+    }
+    let metadataBytes = options.metadataSizeBytes ?? defaultMetadataBytes(nrDataBlocks);
+    if (metadataBytes < MIN_METADATA_BYTES) {
+      throw new PoolConfigError(`metadata size ${formatSize(metadataBytes)} is below the 1 MiB minimum`);
+    }
+    if (metadataBytes > MAX_METADATA_BYTES && !options.metadataDevice) {
+      log.warn(
+        `metadata size ${formatSize(metadataBytes)} exceeds what the format can address; using the first ${formatSize(MAX_METADATA_BYTES)}`,
+      );
+      metadataBytes = MAX_METADATA_BYTES;
+    }
+    if (prepareBacking(paths.metadata, metadataBytes, 'metadata') > MAX_METADATA_BYTES) {
+      log.warn(
+        `metadata device is larger than the format can address; only the first ${formatSize(MAX_METADATA_BYTES)} are used`,
+      );
+    }
+    ThinMetadata.format(paths.metadata, { dataBlockSectors: blockBytes / 512, nrDataBlocks }).close();
+    Catalogue.create(paths.catalogue, 0);
+    log.info('created pool', { dir, blockBytes, nrDataBlocks, metadataBytes });
+  } catch (e) {
+    // Leave nothing half-made behind (for block devices only our symlinks go).
+    for (const f of [paths.metadata, paths.data, paths.catalogue]) fs.rmSync(f, { force: true });
+    throw e;
+  }
 }

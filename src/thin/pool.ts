@@ -6,34 +6,19 @@ import { deviceSizeBytes } from '../pdata/device-size';
 import { NoDataSpaceError, NoMetadataSpaceError } from '../pdata/errors';
 import { faultPoint } from '../util/fault-point';
 import { formatSize } from '../util/size';
-import { Catalogue, CatalogueEntry, CatalogueError } from './catalogue';
+import { Catalogue, CatalogueEntry } from './catalogue';
 import { DeltaRange, MappedRange, allocatedRanges, deltaRanges } from './delta';
 import { OutOfDataSpaceError, PoolError, PoolReadOnlyError } from './errors';
 import { IoGate } from './io-gate';
 import { DeviceDetails, MAX_DEVICE_ID } from './mapping';
 import { DeviceExistsError, DeviceNotFoundError, ThinMetadata } from './metadata';
-import {
-  MAX_METADATA_BYTES,
-  MIN_METADATA_BYTES,
-  PoolConfigError,
-  checkBlockSize,
-  defaultMetadataBytes,
-  poolPaths,
-  prepareBacking,
-} from './pool-files';
+import { PoolConfigError, PoolCreateOptions, formatPool, poolPaths } from './pool-files';
 import { NEEDS_CHECK_FLAG, Superblock, encodeSuperblock, superblockValidator } from './superblock';
 import { DeviceHost, ThinDevice } from './thin-device';
 
 const log = logger('pool');
 
-export interface PoolCreateOptions {
-  dataSizeBytes?: number;
-  blockSizeBytes?: number;
-  metadataSizeBytes?: number;
-  /** Use this block device for data instead of a sparse file (linked as `<dir>/data`). */
-  dataDevice?: string;
-  metadataDevice?: string;
-}
+export type { PoolCreateOptions };
 
 export type NoSpacePolicy = 'error' | 'queue';
 
@@ -117,52 +102,7 @@ export class Pool extends EventEmitter implements DeviceHost {
     options: PoolCreateOptions,
     openOptions: PoolOpenOptions = {},
   ): Promise<Pool> {
-    const blockBytes = options.blockSizeBytes ?? 64 * 1024;
-    checkBlockSize(blockBytes);
-    const paths = poolPaths(dir);
-    if (fs.existsSync(paths.metadata) || fs.existsSync(paths.data) || fs.existsSync(paths.catalogue)) {
-      throw new PoolConfigError(`${dir} already holds a pool; refusing to overwrite it`);
-    }
-    if (!options.dataDevice && options.dataSizeBytes === undefined)
-      throw new PoolConfigError('a data size is required');
-    fs.mkdirSync(dir, { recursive: true });
-    try {
-      if (options.dataDevice) fs.symlinkSync(options.dataDevice, paths.data);
-      if (options.metadataDevice) fs.symlinkSync(options.metadataDevice, paths.metadata);
-      const dataBytes = prepareBacking(paths.data, options.dataSizeBytes ?? 0, 'data');
-      const nrDataBlocks = Math.floor(dataBytes / blockBytes);
-      if (nrDataBlocks < 1)
-        throw new PoolConfigError(
-          `data size ${formatSize(dataBytes)} is smaller than one ${formatSize(blockBytes)} block`,
-        );
-      if (dataBytes % blockBytes) {
-        log.warn(
-          `data size is not a multiple of the block size; the last ${formatSize(dataBytes % blockBytes)} stay unused`,
-        );
-      }
-      let metadataBytes = options.metadataSizeBytes ?? defaultMetadataBytes(nrDataBlocks);
-      if (metadataBytes < MIN_METADATA_BYTES)
-        throw new PoolConfigError(`metadata size ${formatSize(metadataBytes)} is below the 1 MiB minimum`);
-      if (metadataBytes > MAX_METADATA_BYTES && !options.metadataDevice) {
-        log.warn(
-          `metadata size ${formatSize(metadataBytes)} exceeds what the format can address; using the first ${formatSize(MAX_METADATA_BYTES)}`,
-        );
-        metadataBytes = MAX_METADATA_BYTES;
-      }
-      if (prepareBacking(paths.metadata, metadataBytes, 'metadata') > MAX_METADATA_BYTES) {
-        log.warn(
-          `metadata device is larger than the format can address; only the first ${formatSize(MAX_METADATA_BYTES)} are used`,
-        );
-      }
-      const md = ThinMetadata.format(paths.metadata, { dataBlockSectors: blockBytes / 512, nrDataBlocks });
-      md.close();
-      Catalogue.create(paths.catalogue, 0);
-      log.info('created pool', { dir, blockBytes, nrDataBlocks, metadataBytes });
-    } catch (e) {
-      // Leave nothing half-made behind (for block devices only our symlinks go).
-      for (const f of [paths.metadata, paths.data, paths.catalogue]) fs.rmSync(f, { force: true });
-      throw e;
-    }
+    formatPool(dir, options);
     return Pool.open(dir, openOptions);
   }
 
@@ -186,7 +126,7 @@ export class Pool extends EventEmitter implements DeviceHost {
         ? Catalogue.load(paths.catalogue)
         : Catalogue.create(paths.catalogue, md.sb.transactionId);
       const pool = new Pool(dir, md, data, catalogue, options);
-      pool.reconcile();
+      catalogue.reconcile(md.sb.transactionId, md.deviceIds());
       return pool;
     } catch (e) {
       await data?.close();
@@ -586,40 +526,6 @@ export class Pool extends EventEmitter implements DeviceHost {
       faultPoint(`${op}:after-catalogue`);
       log.info(`${op === 'create' ? 'created' : 'deleted'} thin device`, { id, transactionId: to });
     });
-  }
-
-  /** Brings the catalogue in line with the metadata after a crash between the steps of a change. */
-  private reconcile(): void {
-    const cat = this.catalogue;
-    const tid = this.md.sb.transactionId;
-    const intent = cat.intent;
-    if (intent) {
-      const committed = tid === intent.toTransactionId;
-      if (!committed && tid !== intent.fromTransactionId) {
-        throw new CatalogueError(
-          `catalogue intent (${intent.op} ${intent.id}, transaction ${intent.fromTransactionId}→${intent.toTransactionId}) ` +
-            `matches neither side of the pool's transaction id ${tid}`,
-        );
-      }
-      log.warn(
-        `${committed ? 'finishing' : 'dropping'} a device ${intent.op} cut short ${committed ? 'after' : 'before'} the pool commit`,
-        {
-          id: intent.id,
-        },
-      );
-      // In memory only; the file follows at the next commit (a read-only open never writes it).
-      if (committed) cat.completeIntent();
-      else cat.abandonIntent();
-    } else if (cat.transactionId !== tid) {
-      throw new CatalogueError(`catalogue is at transaction ${cat.transactionId} but the pool is at ${tid}`);
-    }
-    const inMetadata = this.md.deviceIds().join(',');
-    const inCatalogue = cat.ids().join(',');
-    if (inMetadata !== inCatalogue) {
-      throw new CatalogueError(
-        `devices in the metadata (${inMetadata}) and the catalogue (${inCatalogue}) differ`,
-      );
-    }
   }
 
   private checkSize(sizeBytes: number): void {
