@@ -6,6 +6,7 @@ import { poolCommands } from './commands/pool';
 import { serve, serveCommand } from './commands/serve';
 import { thinCommands } from './commands/thin';
 import { nbdCommands } from './commands/nbd';
+import { backupCommands } from './commands/backup';
 
 // Every command is a thin file over the library; this only wires them and reports failures.
 export async function main(args: string[]): Promise<void> {
@@ -16,6 +17,7 @@ export async function main(args: string[]): Promise<void> {
     .command('pool', 'create, inspect, check and grow pools; metadata snapshots', poolCommands)
     .command('thin', 'thin devices: create, snapshot, delete, import/export images, delta', thinCommands)
     .command('nbd', 'serve thin devices over NBD', nbdCommands)
+    .command('backup', 'incremental snapshot backups through the CSI driver; restore', backupCommands)
     .command('serve', 'run the CSI driver (controller, node, or both)', serveCommand, (argv) => serve(argv))
     .demandCommand(1, 'name a command (try --help)')
     .strict()

@@ -1,0 +1,485 @@
+// The backup repository: a directory of manifests and content-addressed chunk files.
+//
+//   repository.json        format, version, chunk grid size
+//   lock                   held by the one writer (create, delete): pid, host, command, since
+//   backups/<id>.json      one manifest per backup, written last
+//   chunks/<aa>/<sha256>   chunk data, named by the SHA-256 of the uncompressed bytes
+//   tmp/                   files being written; renamed into place only once they are synced
+//
+// Every file is written to tmp/, fsynced, renamed, and its directory fsynced, so a crash or a
+// full disk leaves either the old state or the new one. A manifest is written only after all
+// its chunks are durable, so every manifest that exists refers to chunks that exist.
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import zlib from 'node:zlib';
+
+export const REPOSITORY_FORMAT = 'thinpool-backup-repository';
+export const MANIFEST_FORMAT = 'thinpool-backup';
+export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
+
+export type Codec = 'none' | 'deflate' | 'brotli';
+const CODEC_IDS: Record<Codec, number> = { none: 0, deflate: 1, brotli: 2 };
+const CODEC_NAMES: Codec[] = ['none', 'deflate', 'brotli'];
+const CHUNK_MAGIC = 0x5450434b; // "TPCK"
+const CHUNK_HEADER_BYTES = 8;
+
+const deflate = promisify(zlib.deflateRaw);
+const inflate = promisify(zlib.inflateRaw);
+const brotli = promisify(zlib.brotliCompress);
+const unbrotli = promisify(zlib.brotliDecompress);
+
+/** A chunk in a manifest: `[offset, length, sha256]`; an empty hash means the bytes are zeros. */
+export type ChunkEntry = [offset: number, length: number, sha256: string];
+
+export interface Manifest {
+  format: typeof MANIFEST_FORMAT;
+  version: 1;
+  id: string;
+  createdAt: string;
+  toolVersion: string;
+  kind: 'full' | 'incremental';
+  snapshotId: string;
+  sourceVolumeId: string;
+  /** Backup this one is an increment on (null for a full backup) and its snapshot. */
+  parent: string | null;
+  baseSnapshotId: string | null;
+  volumeSizeBytes: number;
+  /** The chunk grid (no chunk crosses a multiple of it). */
+  blockBytes: number;
+  /** Ranges the SnapshotMetadata service reported (allocated, or changed since the base). */
+  ranges: [offset: number, length: number][];
+  chunks: ChunkEntry[];
+  compression: Codec;
+  stats: {
+    bytesRead: number;
+    bytesStored: number;
+    zeroBytes: number;
+    chunksNew: number;
+    chunksReused: number;
+    durationMs: number;
+  };
+}
+
+export interface RepositoryConfig {
+  format: typeof REPOSITORY_FORMAT;
+  version: 1;
+  chunkBytes: number;
+  createdAt: string;
+}
+
+export class RepositoryError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RepositoryError';
+  }
+}
+
+export class RepositoryLocked extends RepositoryError {}
+
+/** A chunk that is missing or whose contents do not match its name. */
+export class ChunkError extends RepositoryError {
+  constructor(
+    readonly sha256: string,
+    readonly file: string,
+    readonly problem: 'missing' | 'corrupt',
+    detail: string,
+  ) {
+    super(`chunk ${sha256} (${file}) is ${problem}: ${detail}`);
+  }
+}
+
+export function sha256(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+/** Backup ids sort by creation time: 20261122T050312Z-3fa9c1. */
+export function newBackupId(now = new Date()): string {
+  const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  return `${stamp}-${randomBytes(3).toString('hex')}`;
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const handle = await fsp.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Writes `data` to `file` atomically: temp file in `tmpDir`, fsync, rename, fsync the directory. */
+export async function writeFileDurably(
+  tmpDir: string,
+  file: string,
+  data: Buffer | string,
+  options: { syncDir?: boolean } = {},
+): Promise<void> {
+  const tmp = path.join(tmpDir, `${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}`);
+  const handle = await fsp.open(tmp, 'wx');
+  try {
+    await handle.writeFile(data);
+    await handle.datasync();
+  } finally {
+    await handle.close();
+  }
+  await fsp.rename(tmp, file);
+  if (options.syncDir !== false) await fsyncDir(path.dirname(file));
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export interface LockInfo {
+  pid: number;
+  host: string;
+  command: string;
+  since: string;
+}
+
+export class RepositoryLock {
+  private released = false;
+  constructor(private readonly file: string) {}
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    await fsp.rm(this.file, { force: true });
+  }
+}
+
+export interface VerifyProblem {
+  backup: string;
+  problem: 'missing-parent' | 'missing-chunk' | 'corrupt-chunk' | 'bad-manifest';
+  detail: string;
+  chunk?: string;
+  file?: string;
+}
+
+export interface VerifyReport {
+  backups: number;
+  chunksChecked: number;
+  bytesChecked: number;
+  problems: VerifyProblem[];
+  /** Chunk files no manifest refers to (left by an interrupted backup; `delete` sweeps them). */
+  orphanChunks: number;
+}
+
+export class Repository {
+  private constructor(
+    readonly dir: string,
+    readonly config: RepositoryConfig,
+  ) {}
+
+  /** Opens a repository; with `create`, makes it first if the directory holds none. */
+  static async open(
+    dir: string,
+    options: { create?: boolean; chunkBytes?: number } = {},
+  ): Promise<Repository> {
+    const file = path.join(dir, 'repository.json');
+    if (!fs.existsSync(file)) {
+      if (!options.create) throw new RepositoryError(`${dir} is not a backup repository (no repository.json)`);
+      const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+      if (chunkBytes < 4096 || chunkBytes > 32 * 1024 * 1024 || chunkBytes % 4096)
+        throw new RepositoryError('the chunk size must be a multiple of 4 KiB between 4 KiB and 32 MiB');
+      for (const sub of ['', 'backups', 'chunks', 'tmp'])
+        await fsp.mkdir(path.join(dir, sub), { recursive: true });
+      const config: RepositoryConfig = {
+        format: REPOSITORY_FORMAT,
+        version: 1,
+        chunkBytes,
+        createdAt: new Date().toISOString(),
+      };
+      try {
+        await writeFileDurably(path.join(dir, 'tmp'), file, JSON.stringify(config, null, 2) + '\n');
+      } catch (e) {
+        if (!fs.existsSync(file)) throw e;
+      }
+    }
+    const config = JSON.parse(await fsp.readFile(file, 'utf8')) as RepositoryConfig;
+    if (config.format !== REPOSITORY_FORMAT || config.version !== 1)
+      throw new RepositoryError(`${file}: unknown repository format ${config.format} v${config.version}`);
+    return new Repository(dir, config);
+  }
+
+  get tmpDir(): string {
+    return path.join(this.dir, 'tmp');
+  }
+
+  private get lockFile(): string {
+    return path.join(this.dir, 'lock');
+  }
+
+  /**
+   * Takes the writer lock. A lock left by a process of this host that no longer runs is taken
+   * over; anything else is a clear error naming the holder.
+   */
+  async lock(command: string): Promise<RepositoryLock> {
+    const info: LockInfo = { pid: process.pid, host: os.hostname(), command, since: new Date().toISOString() };
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const handle = await fsp.open(this.lockFile, 'wx');
+        try {
+          await handle.writeFile(JSON.stringify(info) + '\n');
+          await handle.sync();
+        } finally {
+          await handle.close();
+        }
+        // We are the only writer: whatever is in tmp/ is debris from an interrupted run.
+        for (const f of await fsp.readdir(this.tmpDir)) await fsp.rm(path.join(this.tmpDir, f), { force: true });
+        return new RepositoryLock(this.lockFile);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
+      let holder: LockInfo | undefined;
+      try {
+        holder = JSON.parse(await fsp.readFile(this.lockFile, 'utf8')) as LockInfo;
+      } catch {
+        holder = undefined; // being written right now, or truncated by a crash
+      }
+      if (holder && holder.host === info.host && !processAlive(holder.pid) && attempt === 0) {
+        await fsp.rm(this.lockFile, { force: true });
+        continue;
+      }
+      const who = holder
+        ? `${holder.command} (pid ${holder.pid} on ${holder.host}, since ${holder.since})`
+        : 'another process';
+      throw new RepositoryLocked(
+        `repository ${this.dir} is locked by ${who}; wait for it to finish, or remove ` +
+          `${this.lockFile} if that process is gone`,
+      );
+    }
+    throw new RepositoryLocked(`repository ${this.dir}: could not take the lock`);
+  }
+
+  chunkPath(hash: string): string {
+    return path.join(this.dir, 'chunks', hash.slice(0, 2), hash);
+  }
+
+  async hasChunk(hash: string): Promise<boolean> {
+    try {
+      await fsp.access(this.chunkPath(hash));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Stores a chunk under its hash (the caller computed it) and returns the bytes written. The
+   * chunk's directory is not fsynced here: call `syncChunkDirs` before writing the manifest.
+   */
+  async putChunk(hash: string, data: Buffer, codec: Codec, touched: Set<string>): Promise<number> {
+    let payload = data;
+    let used = codec;
+    if (codec === 'deflate') payload = await deflate(data, { level: 1 });
+    else if (codec === 'brotli')
+      payload = await brotli(data, { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 1 } });
+    if (payload.length >= data.length) {
+      payload = data; // incompressible: store as is
+      used = 'none';
+    }
+    const header = Buffer.alloc(CHUNK_HEADER_BYTES);
+    header.writeUInt32BE(CHUNK_MAGIC, 0);
+    header.writeUInt8(1, 4);
+    header.writeUInt8(CODEC_IDS[used], 5);
+    const file = this.chunkPath(hash);
+    const dir = path.dirname(file);
+    if (!touched.has(dir)) {
+      await fsp.mkdir(dir, { recursive: true });
+      touched.add(dir);
+    }
+    const tmp = path.join(this.tmpDir, `${hash}.${randomBytes(4).toString('hex')}`);
+    const handle = await fsp.open(tmp, 'wx');
+    try {
+      await handle.writev([header, payload]);
+      await handle.datasync();
+    } finally {
+      await handle.close();
+    }
+    await fsp.rename(tmp, file);
+    return CHUNK_HEADER_BYTES + payload.length;
+  }
+
+  async syncChunkDirs(touched: Set<string>): Promise<void> {
+    await Promise.all([...touched].map(fsyncDir));
+    await fsyncDir(path.join(this.dir, 'chunks'));
+  }
+
+  /** Reads a chunk and checks it against its name; throws ChunkError otherwise. */
+  async getChunk(hash: string): Promise<Buffer> {
+    const file = this.chunkPath(hash);
+    let raw: Buffer;
+    try {
+      raw = await fsp.readFile(file);
+    } catch (e) {
+      throw new ChunkError(hash, file, 'missing', (e as Error).message);
+    }
+    if (raw.length < CHUNK_HEADER_BYTES || raw.readUInt32BE(0) !== CHUNK_MAGIC || raw.readUInt8(4) !== 1)
+      throw new ChunkError(hash, file, 'corrupt', 'bad chunk header');
+    const codec = CODEC_NAMES[raw.readUInt8(5)];
+    const payload = raw.subarray(CHUNK_HEADER_BYTES);
+    let data: Buffer;
+    try {
+      if (codec === 'none') data = payload;
+      else if (codec === 'deflate') data = await inflate(payload);
+      else if (codec === 'brotli') data = await unbrotli(payload);
+      else throw new Error(`unknown codec ${raw.readUInt8(5)}`);
+    } catch (e) {
+      throw new ChunkError(hash, file, 'corrupt', (e as Error).message);
+    }
+    if (sha256(data) !== hash) throw new ChunkError(hash, file, 'corrupt', 'SHA-256 does not match');
+    return data;
+  }
+
+  manifestPath(id: string): string {
+    return path.join(this.dir, 'backups', `${id}.json`);
+  }
+
+  async writeManifest(manifest: Manifest): Promise<void> {
+    await writeFileDurably(this.tmpDir, this.manifestPath(manifest.id), JSON.stringify(manifest) + '\n');
+  }
+
+  async readManifest(id: string): Promise<Manifest> {
+    if (!/^[A-Za-z0-9._-]+$/.test(id)) throw new RepositoryError(`${JSON.stringify(id)} is not a backup id`);
+    let text: string;
+    try {
+      text = await fsp.readFile(this.manifestPath(id), 'utf8');
+    } catch {
+      throw new RepositoryError(`backup ${id} is not in repository ${this.dir}`);
+    }
+    const m = JSON.parse(text) as Manifest;
+    if (m.format !== MANIFEST_FORMAT || m.version !== 1 || m.id !== id)
+      throw new RepositoryError(`backup ${id}: not a version 1 manifest`);
+    return m;
+  }
+
+  /** All manifests, oldest first. */
+  async listManifests(): Promise<Manifest[]> {
+    const files = (await fsp.readdir(path.join(this.dir, 'backups'))).filter((f) => f.endsWith('.json'));
+    const out = await Promise.all(files.map((f) => this.readManifest(f.slice(0, -5))));
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+  }
+
+  /** The chain ending at `id`, full backup first. */
+  async chain(id: string): Promise<Manifest[]> {
+    const out: Manifest[] = [];
+    for (let next: string | null = id; next; ) {
+      const m: Manifest = await this.readManifest(next).catch(() => {
+        throw new RepositoryError(
+          out.length
+            ? `backup ${out[0].id} depends on ${next}, which is missing: the chain is broken`
+            : `backup ${next} is not in repository ${this.dir}`,
+        );
+      });
+      if (out.some((o) => o.id === m.id)) throw new RepositoryError(`backup ${id}: the chain loops`);
+      out.unshift(m);
+      next = m.parent;
+    }
+    return out;
+  }
+
+  /** Backups whose chain includes `id` (not `id` itself), newest first. */
+  dependentsOf(id: string, all: Manifest[]): Manifest[] {
+    const byId = new Map(all.map((m) => [m.id, m]));
+    const dependsOn = (m: Manifest): boolean => {
+      for (let p = m.parent; p; p = byId.get(p)?.parent ?? null) if (p === id) return true;
+      return false;
+    };
+    return all.filter(dependsOn).reverse();
+  }
+
+  /** Removes manifests (newest first, so a crash never leaves an incremental without its parent). */
+  async deleteBackups(ids: string[]): Promise<void> {
+    const all = await this.listManifests();
+    const order = all.filter((m) => ids.includes(m.id)).reverse();
+    for (const m of order) await fsp.rm(this.manifestPath(m.id));
+    await fsyncDir(path.join(this.dir, 'backups'));
+  }
+
+  private async allChunkFiles(): Promise<string[]> {
+    const root = path.join(this.dir, 'chunks');
+    const out: string[] = [];
+    for (const sub of await fsp.readdir(root)) {
+      for (const f of await fsp.readdir(path.join(root, sub))) out.push(f);
+    }
+    return out;
+  }
+
+  /** Deletes chunk files no manifest refers to; returns how many and their size. */
+  async sweep(): Promise<{ chunks: number; bytes: number }> {
+    const live = new Set<string>();
+    for (const m of await this.listManifests()) for (const c of m.chunks) if (c[2]) live.add(c[2]);
+    let chunks = 0;
+    let bytes = 0;
+    for (const hash of await this.allChunkFiles()) {
+      if (live.has(hash)) continue;
+      const file = this.chunkPath(hash);
+      bytes += (await fsp.stat(file)).size;
+      await fsp.rm(file, { force: true });
+      chunks++;
+    }
+    return { chunks, bytes };
+  }
+
+  /** Checks that chains are complete and that every referenced chunk is present and intact. */
+  async verify(options: { ids?: string[]; onBytes?: (n: number) => void } = {}): Promise<VerifyReport> {
+    const all = await this.listManifests();
+    const ids = new Set(all.map((m) => m.id));
+    const selected = options.ids ? all.filter((m) => options.ids!.includes(m.id)) : all;
+    const problems: VerifyProblem[] = [];
+    const checked = new Map<string, VerifyProblem | null>();
+    let bytesChecked = 0;
+    for (const m of selected) {
+      for (let p = m.parent, seen = 0; p && seen < 10_000; seen++) {
+        if (!ids.has(p)) {
+          problems.push({ backup: m.id, problem: 'missing-parent', detail: `parent ${p} is missing` });
+          break;
+        }
+        p = all.find((x) => x.id === p)!.parent;
+      }
+      const queue = m.chunks.filter((c) => c[2]);
+      let next = 0;
+      const worker = async () => {
+        while (next < queue.length) {
+          const c = queue[next++];
+          const hash = c[2];
+          let result = checked.get(hash);
+          if (result === undefined) {
+            try {
+              const data = await this.getChunk(hash);
+              if (data.length !== c[1]) throw new ChunkError(hash, this.chunkPath(hash), 'corrupt', 'wrong length');
+              bytesChecked += data.length;
+              options.onBytes?.(data.length);
+              result = null;
+            } catch (e) {
+              if (!(e instanceof ChunkError)) throw e;
+              result = {
+                backup: m.id,
+                problem: e.problem === 'missing' ? 'missing-chunk' : 'corrupt-chunk',
+                detail: e.message,
+                chunk: hash,
+                file: e.file,
+              };
+            }
+            checked.set(hash, result);
+          }
+          if (result) problems.push({ ...result, backup: m.id, detail: `${result.detail} (at offset ${c[0]})` });
+        }
+      };
+      await Promise.all(Array.from({ length: 4 }, worker));
+    }
+    const referenced = new Set(all.flatMap((m) => m.chunks.map((c) => c[2])));
+    const orphanChunks = (await this.allChunkFiles()).filter((h) => !referenced.has(h)).length;
+    return { backups: selected.length, chunksChecked: checked.size, bytesChecked, problems, orphanChunks };
+  }
+}
