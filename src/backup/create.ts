@@ -6,18 +6,28 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { logger } from '../log';
 import { CsiClient } from './csi-client';
 import { NbdConnectionPool, parseNbdEndpoint } from './nbd-client';
 import { type Progress, silentProgress } from './progress';
 import { type ByteRange, cutOnGrid, totalBytes } from './ranges';
-import { type ChunkEntry, type Codec, type Manifest, MANIFEST_FORMAT, Repository, newBackupId, sha256 } from './repository';
+import {
+  type ChunkEntry,
+  type Codec,
+  type Manifest,
+  MANIFEST_FORMAT,
+  Repository,
+  newBackupId,
+  sha256,
+} from './repository';
 
 const log = logger('backup');
 
 export const TOOL_VERSION: string = (() => {
   try {
-    return (require('../../package.json') as { version: string }).version;
+    const file = path.resolve(__dirname, '../../package.json');
+    return (JSON.parse(fs.readFileSync(file, 'utf8')) as { version: string }).version;
   } catch {
     return 'unknown';
   }
@@ -96,21 +106,29 @@ export async function withSnapshotVolume<T>(
   try {
     const grant = await csi.publish(volume.volumeId, params.nodeId, true);
     try {
-      const pool = await NbdConnectionPool.open(parseNbdEndpoint(grant.endpoint), grant.exportName, params.connections);
+      const pool = await NbdConnectionPool.open(
+        parseNbdEndpoint(grant.endpoint),
+        grant.exportName,
+        params.connections,
+      );
       try {
         return await fn(pool);
       } finally {
         await pool.close().catch(() => pool.destroy());
       }
     } finally {
-      await csi.unpublish(volume.volumeId, params.nodeId).catch((e: Error) =>
-        log.warn('could not unpublish the temporary volume', { volume: volume.volumeId, error: e.message }),
-      );
+      await csi
+        .unpublish(volume.volumeId, params.nodeId)
+        .catch((e: Error) =>
+          log.warn('could not unpublish the temporary volume', { volume: volume.volumeId, error: e.message }),
+        );
     }
   } finally {
-    await csi.deleteVolume(volume.volumeId).catch((e: Error) =>
-      log.warn('could not delete the temporary volume', { volume: volume.volumeId, error: e.message }),
-    );
+    await csi
+      .deleteVolume(volume.volumeId)
+      .catch((e: Error) =>
+        log.warn('could not delete the temporary volume', { volume: volume.volumeId, error: e.message }),
+      );
   }
 }
 

@@ -98,7 +98,11 @@ export class CsiClient {
   }
 
   async probe(): Promise<string> {
-    const info = await this.unary<{ name: string; vendor_version: string }>(this.identity, 'GetPluginInfo', {});
+    const info = await this.unary<{ name: string; vendor_version: string }>(
+      this.identity,
+      'GetPluginInfo',
+      {},
+    );
     return `${info.name} ${info.vendor_version}`;
   }
 
@@ -127,10 +131,37 @@ export class CsiClient {
         capacity_range: { required_bytes: request.sizeBytes, limit_bytes: request.sizeBytes },
         volume_capabilities: [blockCapability(request.readOnly)],
         parameters: {},
-        volume_content_source: request.fromSnapshot ? { snapshot: { snapshot_id: request.fromSnapshot } } : null,
+        volume_content_source: request.fromSnapshot
+          ? { snapshot: { snapshot_id: request.fromSnapshot } }
+          : null,
       },
     );
     return { volumeId: reply.volume.volume_id, capacityBytes: reply.volume.capacity_bytes };
+  }
+
+  /** CreateSnapshot (used by tests and the benchmark; backups take the snapshot id as given). */
+  async createSnapshot(sourceVolumeId: string, name: string): Promise<string> {
+    const reply = await this.unary<{ snapshot: { snapshot_id: string } }>(this.controller, 'CreateSnapshot', {
+      source_volume_id: sourceVolumeId,
+      name,
+      parameters: {},
+    });
+    return reply.snapshot.snapshot_id;
+  }
+
+  async listVolumeIds(): Promise<string[]> {
+    const ids: string[] = [];
+    let token = '';
+    do {
+      const reply = await this.unary<{ entries: { volume: { volume_id: string } }[]; next_token: string }>(
+        this.controller,
+        'ListVolumes',
+        { max_entries: 0, starting_token: token },
+      );
+      ids.push(...reply.entries.map((e) => e.volume.volume_id));
+      token = reply.next_token;
+    } while (token);
+    return ids;
   }
 
   async deleteVolume(volumeId: string): Promise<void> {
@@ -138,16 +169,27 @@ export class CsiClient {
   }
 
   /** Grants `nodeId` access; returns the NBD endpoint and export name (which carries a secret). */
-  async publish(volumeId: string, nodeId: string, readOnly: boolean): Promise<{ endpoint: string; exportName: string }> {
+  async publish(
+    volumeId: string,
+    nodeId: string,
+    readOnly: boolean,
+  ): Promise<{ endpoint: string; exportName: string }> {
     const reply = await this.unary<{ publish_context: Record<string, string> }>(
       this.controller,
       'ControllerPublishVolume',
-      { volume_id: volumeId, node_id: nodeId, volume_capability: blockCapability(readOnly), readonly: readOnly },
+      {
+        volume_id: volumeId,
+        node_id: nodeId,
+        volume_capability: blockCapability(readOnly),
+        readonly: readOnly,
+      },
     );
     const endpoint = reply.publish_context[PUBLISH_ENDPOINT];
     const exportName = reply.publish_context[PUBLISH_EXPORT];
     if (!endpoint || !exportName)
-      throw new Error(`ControllerPublishVolume returned no ${PUBLISH_ENDPOINT}/${PUBLISH_EXPORT} in publish_context`);
+      throw new Error(
+        `ControllerPublishVolume returned no ${PUBLISH_ENDPOINT}/${PUBLISH_EXPORT} in publish_context`,
+      );
     return { endpoint, exportName };
   }
 
@@ -180,8 +222,11 @@ export class CsiClient {
             const last = all[all.length - 1];
             const floor = last ? last.offset + last.length : 0;
             if (r.length <= 0 || r.offset < floor || r.offset + r.length <= startingOffset)
-              throw new Error(`SnapshotMetadata broke its contract: range [${r.offset}, +${r.length}) after ${floor}`);
-            if (r.offset + r.length > capacity) throw new Error('SnapshotMetadata range past the volume capacity');
+              throw new Error(
+                `SnapshotMetadata broke its contract: range [${r.offset}, +${r.length}) after ${floor}`,
+              );
+            if (r.offset + r.length > capacity)
+              throw new Error('SnapshotMetadata range past the volume capacity');
             all.push(r);
           }
           options.onPage?.(page);
@@ -206,10 +251,18 @@ export class CsiClient {
   ): Promise<void> {
     const method = base ? 'GetMetadataDelta' : 'GetMetadataAllocated';
     const request = base
-      ? { base_snapshot_id: base, target_snapshot_id: target, starting_offset: startingOffset, max_results: maxResults }
+      ? {
+          base_snapshot_id: base,
+          target_snapshot_id: target,
+          starting_offset: startingOffset,
+          max_results: maxResults,
+        }
       : { snapshot_id: target, starting_offset: startingOffset, max_results: maxResults };
     return new Promise((resolve, reject) => {
-      const call = this.metadata[method].call(this.metadata, request) as grpc.ClientReadableStream<MetadataMessage>;
+      const call = this.metadata[method].call(
+        this.metadata,
+        request,
+      ) as grpc.ClientReadableStream<MetadataMessage>;
       call.on('data', (m: MetadataMessage) => {
         try {
           if (maxResults > 0 && m.block_metadata.length > maxResults)
@@ -244,7 +297,9 @@ function blockCapability(readOnly: boolean) {
 
 /** A gRPC failure as one readable line that keeps its status code. */
 function describe(method: string, error: grpc.ServiceError): Error & { code: number } {
-  const e = new Error(`${method}: ${grpc.status[error.code] ?? error.code}: ${error.details || error.message}`) as Error & {
+  const e = new Error(
+    `${method}: ${grpc.status[error.code] ?? error.code}: ${error.details || error.message}`,
+  ) as Error & {
     code: number;
   };
   e.code = error.code;

@@ -98,7 +98,10 @@ export function sha256(data: Buffer): string {
 
 /** Backup ids sort by creation time: 20261122T050312Z-3fa9c1. */
 export function newBackupId(now = new Date()): string {
-  const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  const stamp = now
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
   return `${stamp}-${randomBytes(3).toString('hex')}`;
 }
 
@@ -187,7 +190,8 @@ export class Repository {
   ): Promise<Repository> {
     const file = path.join(dir, 'repository.json');
     if (!fs.existsSync(file)) {
-      if (!options.create) throw new RepositoryError(`${dir} is not a backup repository (no repository.json)`);
+      if (!options.create)
+        throw new RepositoryError(`${dir} is not a backup repository (no repository.json)`);
       const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
       if (chunkBytes < 4096 || chunkBytes > 32 * 1024 * 1024 || chunkBytes % 4096)
         throw new RepositoryError('the chunk size must be a multiple of 4 KiB between 4 KiB and 32 MiB');
@@ -224,7 +228,12 @@ export class Repository {
    * over; anything else is a clear error naming the holder.
    */
   async lock(command: string): Promise<RepositoryLock> {
-    const info: LockInfo = { pid: process.pid, host: os.hostname(), command, since: new Date().toISOString() };
+    const info: LockInfo = {
+      pid: process.pid,
+      host: os.hostname(),
+      command,
+      since: new Date().toISOString(),
+    };
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const handle = await fsp.open(this.lockFile, 'wx');
@@ -235,7 +244,8 @@ export class Repository {
           await handle.close();
         }
         // We are the only writer: whatever is in tmp/ is debris from an interrupted run.
-        for (const f of await fsp.readdir(this.tmpDir)) await fsp.rm(path.join(this.tmpDir, f), { force: true });
+        for (const f of await fsp.readdir(this.tmpDir))
+          await fsp.rm(path.join(this.tmpDir, f), { force: true });
         return new RepositoryLock(this.lockFile);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
@@ -373,7 +383,7 @@ export class Repository {
   /** The chain ending at `id`, full backup first. */
   async chain(id: string): Promise<Manifest[]> {
     const out: Manifest[] = [];
-    for (let next: string | null = id; next; ) {
+    for (let next: string | null = id; next;) {
       const m: Manifest = await this.readManifest(next).catch(() => {
         throw new RepositoryError(
           out.length
@@ -457,7 +467,8 @@ export class Repository {
           if (result === undefined) {
             try {
               const data = await this.getChunk(hash);
-              if (data.length !== c[1]) throw new ChunkError(hash, this.chunkPath(hash), 'corrupt', 'wrong length');
+              if (data.length !== c[1])
+                throw new ChunkError(hash, this.chunkPath(hash), 'corrupt', 'wrong length');
               bytesChecked += data.length;
               options.onBytes?.(data.length);
               result = null;
@@ -473,7 +484,8 @@ export class Repository {
             }
             checked.set(hash, result);
           }
-          if (result) problems.push({ ...result, backup: m.id, detail: `${result.detail} (at offset ${c[0]})` });
+          if (result)
+            problems.push({ ...result, backup: m.id, detail: `${result.detail} (at offset ${c[0]})` });
         }
       };
       await Promise.all(Array.from({ length: 4 }, worker));

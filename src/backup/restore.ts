@@ -14,7 +14,8 @@ import { type Manifest, Repository, RepositoryError } from './repository';
 
 const log = logger('backup');
 
-export type RestoreTarget = { kind: 'volume'; driver: string; volumeName: string } | { kind: 'file'; path: string };
+export type RestoreTarget =
+  { kind: 'volume'; driver: string; volumeName: string } | { kind: 'file'; path: string };
 
 export interface RestoreOptions {
   repoDir: string;
@@ -104,7 +105,9 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreSum
   });
   if (report.problems.length) {
     const lines = report.problems.map((p) => `  ${p.backup}: ${p.detail}`).join('\n');
-    throw new RestoreRefused(`backup ${options.backupId}: the chain does not verify, nothing restored:\n${lines}`);
+    throw new RestoreRefused(
+      `backup ${options.backupId}: the chain does not verify, nothing restored:\n${lines}`,
+    );
   }
   progress.finish();
   const plan = planRestore(chain);
@@ -125,13 +128,18 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreSum
     await io.flush();
     progress.finish();
     // Read back everything the plan says, zeros included, and compare.
-    progress.start('verify', plan.reduce((s, p) => s + p.range.length, 0));
+    progress.start(
+      'verify',
+      plan.reduce((s, p) => s + p.range.length, 0),
+    );
     let verified = 0;
     await forEachParallel(plan, options.parallel ?? 8, options.signal, async (piece) => {
       const back = await io.read(piece.range.offset, piece.range.length);
       const ok = piece.hash ? digest(back) === expected.get(piece) : back.every((b) => b === 0);
       if (!ok)
-        throw new Error(`restored data at offset ${piece.range.offset} (+${piece.range.length}) does not match the backup`);
+        throw new Error(
+          `restored data at offset ${piece.range.offset} (+${piece.range.length}) does not match the backup`,
+        );
       verified += back.length;
       progress.add(back.length);
     });
@@ -144,7 +152,12 @@ export async function restoreBackup(options: RestoreOptions): Promise<RestoreSum
   let targetName: string;
   if (options.target.kind === 'file') {
     targetName = options.target.path;
-    bytesVerified = await restoreToFile(options.target.path, last.volumeSizeBytes, options.force === true, copy);
+    bytesVerified = await restoreToFile(
+      options.target.path,
+      last.volumeSizeBytes,
+      options.force === true,
+      copy,
+    );
   } else {
     targetName = `volume ${options.target.volumeName}`;
     const result = await restoreToVolume(options.target, last.volumeSizeBytes, options, copy);
@@ -185,7 +198,7 @@ async function restoreToFile(
       if (e instanceof RestoreRefused) throw e;
     }
   }
-  const handle = await fsp.open(tmp, 'wx');
+  const handle = await fsp.open(tmp, 'wx+');
   try {
     await handle.truncate(sizeBytes);
     const verified = await copy({
@@ -224,12 +237,19 @@ async function restoreToVolume(
     const volume = await csi.createVolume({ name: target.volumeName, sizeBytes, readOnly: false });
     volumeId = volume.volumeId;
     if (volume.capacityBytes < sizeBytes)
-      throw new RestoreRefused(`volume ${target.volumeName} has ${volume.capacityBytes} bytes, the backup ${sizeBytes}`);
+      throw new RestoreRefused(
+        `volume ${target.volumeName} has ${volume.capacityBytes} bytes, the backup ${sizeBytes}`,
+      );
     const grant = await csi.publish(volume.volumeId, nodeId, false);
     try {
-      const pool = await NbdConnectionPool.open(parseNbdEndpoint(grant.endpoint), grant.exportName, options.connections ?? 4, {
-        metaContexts: ['base:allocation'],
-      });
+      const pool = await NbdConnectionPool.open(
+        parseNbdEndpoint(grant.endpoint),
+        grant.exportName,
+        options.connections ?? 4,
+        {
+          metaContexts: ['base:allocation'],
+        },
+      );
       try {
         // CreateVolume returns an existing volume of the same name: never write over data.
         await checkBlank(pool, target.volumeName);
@@ -245,16 +265,20 @@ async function restoreToVolume(
         await pool.close().catch(() => pool.destroy());
       }
     } finally {
-      await csi.unpublish(volume.volumeId, nodeId).catch((e: Error) =>
-        log.warn('could not unpublish the restored volume', { volume: volume.volumeId, error: e.message }),
-      );
+      await csi
+        .unpublish(volume.volumeId, nodeId)
+        .catch((e: Error) =>
+          log.warn('could not unpublish the restored volume', { volume: volume.volumeId, error: e.message }),
+        );
     }
   } finally {
     if (!done && ours && volumeId) {
       // A half-written volume is worse than none.
-      await csi.deleteVolume(volumeId).catch((e: Error) =>
-        log.warn('could not delete the partly restored volume', { volume: volumeId, error: e.message }),
-      );
+      await csi
+        .deleteVolume(volumeId)
+        .catch((e: Error) =>
+          log.warn('could not delete the partly restored volume', { volume: volumeId, error: e.message }),
+        );
     }
     csi.close();
   }
@@ -264,13 +288,15 @@ async function restoreToVolume(
 async function checkBlank(pool: NbdConnectionPool, name: string): Promise<void> {
   const client = pool.clients[0];
   const size = client.info.sizeBytes;
-  for (let offset = 0; offset < size; ) {
+  for (let offset = 0; offset < size;) {
     const length = Math.min(size - offset, 1 << 30);
     const extents = await client.blockStatus(offset, length);
     if (!extents.length) throw new Error('BLOCK_STATUS returned no extents');
     for (const e of extents) {
       if (!(e.flags & 1))
-        throw new RestoreRefused(`volume ${name} already holds data (at offset ${offset}): restore needs a new volume`);
+        throw new RestoreRefused(
+          `volume ${name} already holds data (at offset ${offset}): restore needs a new volume`,
+        );
       offset += e.length;
       if (offset >= size) break;
     }

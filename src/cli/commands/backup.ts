@@ -11,7 +11,10 @@ import { printResult } from '../output';
 const json = { type: 'boolean', default: false, describe: 'print a JSON summary on stdout' } as const;
 const repoArg = { type: 'string', demandOption: true, describe: 'repository directory' } as const;
 const quiet = { type: 'boolean', default: false, describe: 'no progress output' } as const;
-const nodeId = { type: 'string', describe: 'node id to publish volumes to (default backup-<hostname>)' } as const;
+const nodeId = {
+  type: 'string',
+  describe: 'node id to publish volumes to (default backup-<hostname>)',
+} as const;
 const connections = { type: 'number', default: 4, describe: 'NBD connections in parallel' } as const;
 
 /**
@@ -44,7 +47,8 @@ async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promis
 function human(summary: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(summary)) {
-    out[k] = typeof v === 'number' && /bytes|Bytes/.test(k) && !/PerSecond/.test(k) ? `${v} (${formatBytes(v)})` : v;
+    out[k] =
+      typeof v === 'number' && /bytes|Bytes/.test(k) && !/PerSecond/.test(k) ? `${v} (${formatBytes(v)})` : v;
     if (k === 'bytesPerSecond' && typeof v === 'number') out[k] = `${formatBytes(v)}/s`;
   }
   return out;
@@ -66,9 +70,16 @@ export function backupCommands(yargs: Argv): Argv {
       'back up a snapshot (full, or incremental from --base) into a repository',
       (y) =>
         y
-          .option('driver', { type: 'string', demandOption: true, describe: 'CSI endpoint (unix socket path or unix:///path)' })
+          .option('driver', {
+            type: 'string',
+            demandOption: true,
+            describe: 'CSI endpoint (unix socket path or unix:///path)',
+          })
           .option('snapshot', { type: 'string', demandOption: true, describe: 'CSI snapshot id to back up' })
-          .option('base', { type: 'string', describe: 'CSI snapshot id of an earlier backup: back up only the changes' })
+          .option('base', {
+            type: 'string',
+            describe: 'CSI snapshot id of an earlier backup: back up only the changes',
+          })
           .option('repo', repoArg)
           .option('node-id', nodeId)
           .option('connections', connections)
@@ -196,7 +207,10 @@ export function backupCommands(yargs: Argv): Argv {
           progress.start('verify', total);
           const report = await repo.verify({ ids: argv.backup, onBytes: (n) => progress.add(n) });
           progress.finish();
-          if (argv.json) process.stdout.write(JSON.stringify({ ok: report.problems.length === 0, ...report }, null, 2) + '\n');
+          if (argv.json)
+            process.stdout.write(
+              JSON.stringify({ ok: report.problems.length === 0, ...report }, null, 2) + '\n',
+            );
           else {
             for (const p of report.problems) process.stdout.write(`${p.backup}: ${p.problem}: ${p.detail}\n`);
             process.stdout.write(
@@ -248,7 +262,11 @@ export function backupCommands(yargs: Argv): Argv {
           .option('driver', { type: 'string', describe: 'CSI endpoint (with --volume)' })
           .option('volume', { type: 'string', describe: 'name of the new volume' })
           .option('to-file', { type: 'string', describe: 'restore into this sparse image file instead' })
-          .option('force', { type: 'boolean', default: false, describe: 'replace an existing --to-file image' })
+          .option('force', {
+            type: 'boolean',
+            default: false,
+            describe: 'replace an existing --to-file image',
+          })
           .option('node-id', nodeId)
           .option('connections', connections)
           .option('quiet', quiet)

@@ -1,0 +1,372 @@
+// Backup and restore end to end through the real driver: CSI on a unix socket, a real thin pool,
+// NBD on loopback. Needs the built CLI (global setup builds it).
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createBackup, withSnapshotVolume } from '../../src/backup/create';
+import { Repository } from '../../src/backup/repository';
+import { restoreBackup } from '../../src/backup/restore';
+import { ThinDevice } from '../../src/thin/thin-device';
+import {
+  type BackupDriver,
+  MiB,
+  SourceVolume,
+  readVolume,
+  runCli,
+  spawnCli,
+  startBackupDriver,
+} from './helpers';
+
+jest.setTimeout(180_000);
+
+const VOLUME_BYTES = 64 * MiB;
+
+describe('backup through the CSI driver', () => {
+  let t: BackupDriver;
+  let repoDir: string;
+  let source: SourceVolume;
+  const points: { snapshotId: string; content: Buffer; backupId: string }[] = [];
+
+  beforeAll(async () => {
+    t = await startBackupDriver();
+    repoDir = path.join(t.dir, 'repo');
+    source = await SourceVolume.create(t.csi, 'source', VOLUME_BYTES);
+  });
+  afterAll(async () => {
+    await source.close();
+    await t.close();
+  });
+
+  test('full backup and three incrementals after random writes (CLI for the full one)', async () => {
+    await source.randomWrites(40, 512 * 1024);
+    const s0 = await source.snapshot('snap-0');
+    const full = await runCli([
+      'backup',
+      'create',
+      '--driver',
+      t.endpoint,
+      '--snapshot',
+      s0.id,
+      '--repo',
+      repoDir,
+      '--json',
+    ]);
+    expect(full.stderr).toContain('"event":"progress"');
+    expect(full.code).toBe(0);
+    const summary = JSON.parse(full.stdout) as { backupId: string; kind: string; rangeBytes: number };
+    expect(summary.kind).toBe('full');
+    points.push({ snapshotId: s0.id, content: s0.content, backupId: summary.backupId });
+
+    for (let i = 1; i <= 3; i++) {
+      await source.randomWrites(25, 256 * 1024);
+      // A zeroed range: the incremental must carry it as zeros, not skip it.
+      const zeroAt = 4096 * Math.floor(Math.random() * ((VOLUME_BYTES - MiB) / 4096));
+      await source.zero(zeroAt, 256 * 1024);
+      const snap = await source.snapshot(`snap-${i}`);
+      const inc = await createBackup({
+        driver: t.endpoint,
+        snapshotId: snap.id,
+        baseSnapshotId: points[i - 1].snapshotId,
+        repoDir,
+      });
+      expect(inc.kind).toBe('incremental');
+      expect(inc.parent).toBe(points[i - 1].backupId);
+      // An incremental copies far less than the allocated data.
+      expect(inc.bytesRead).toBeLessThan(summary.rangeBytes);
+      points.push({ snapshotId: snap.id, content: snap.content, backupId: inc.backupId });
+    }
+    // No temporary volume is left behind: only the source.
+    expect(await t.csi.listVolumeIds()).toEqual([source.volumeId]);
+    const verify = await runCli(['backup', 'verify', '--repo', repoDir, '--json', '--quiet']);
+    expect(verify.code).toBe(0);
+    expect(JSON.parse(verify.stdout)).toMatchObject({ ok: true, backups: 4 });
+  });
+
+  test('every point restores byte-for-byte, to a file and to a new volume', async () => {
+    expect(points.length).toBe(4);
+    for (const [i, point] of points.entries()) {
+      // The snapshot itself, read through NBD the way the tool reads it, matches our model.
+      const snapshotBytes = await withSnapshotVolume(
+        t.csi,
+        {
+          snapshotId: point.snapshotId,
+          sizeBytes: VOLUME_BYTES,
+          name: `check-${i}`,
+          nodeId: 'checker',
+          connections: 2,
+        },
+        async (pool) => {
+          const parts = [];
+          for (let at = 0; at < VOLUME_BYTES; at += 8 * MiB) parts.push(pool.read(at, 8 * MiB));
+          return Buffer.concat((await Promise.all(parts)).map((p) => p.data));
+        },
+      );
+      expect(snapshotBytes.equals(point.content)).toBe(true);
+
+      const file = path.join(t.dir, `restore-${i}.img`);
+      const toFile = await restoreBackup({
+        repoDir,
+        backupId: point.backupId,
+        target: { kind: 'file', path: file },
+      });
+      expect(toFile.chain.length).toBe(i + 1);
+      const restored = fs.readFileSync(file);
+      expect(restored.length).toBe(VOLUME_BYTES);
+      expect(restored.equals(snapshotBytes)).toBe(true);
+      // Sparse: the image holds no more than the data written into it (plus file-system slack).
+      expect(fs.statSync(file).blocks * 512).toBeLessThan(toFile.bytesWritten + 8 * MiB);
+      fs.rmSync(file);
+
+      const toVolume = await runCli([
+        'backup',
+        'restore',
+        '--repo',
+        repoDir,
+        '--backup',
+        point.backupId,
+        '--driver',
+        t.endpoint,
+        '--volume',
+        `restored-${i}`,
+        '--json',
+      ]);
+      expect(toVolume.stderr).not.toContain('Error');
+      expect(toVolume.code).toBe(0);
+      const result = JSON.parse(toVolume.stdout) as { volumeId: string; bytesVerified: number };
+      expect((await readVolume(t.csi, result.volumeId)).equals(snapshotBytes)).toBe(true);
+      await t.csi.deleteVolume(result.volumeId);
+    }
+  });
+
+  test('restore refuses a volume name that already holds data', async () => {
+    const args = ['backup', 'restore', '--repo', repoDir, '--backup', points[0].backupId];
+    const first = await runCli([...args, '--driver', t.endpoint, '--volume', 'twice', '--json', '--quiet']);
+    expect(first.code).toBe(0);
+    const again = await runCli([...args, '--driver', t.endpoint, '--volume', 'twice', '--quiet']);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/already holds data/);
+    // The refused restore left the volume as it was (not deleted, not published).
+    const volumeId = (JSON.parse(first.stdout) as { volumeId: string }).volumeId;
+    expect((await readVolume(t.csi, volumeId)).equals(points[0].content)).toBe(true);
+    await t.csi.deleteVolume(volumeId);
+  });
+
+  test('an incremental after changing N MiB reads about N MiB from the export (server-side count)', async () => {
+    // Server side: every byte the driver's NBD exports read from thin devices.
+    let serverBytes = 0;
+    const original = ThinDevice.prototype.read;
+    const spy = jest.spyOn(ThinDevice.prototype, 'read').mockImplementation(function (
+      this: ThinDevice,
+      offset,
+      length,
+    ) {
+      serverBytes += length;
+      return original.call(this, offset, length);
+    });
+    try {
+      const N = 8 * MiB;
+      const block = 64 * 1024;
+      const blocks = new Set<number>();
+      while (blocks.size < N / block) blocks.add(Math.floor(Math.random() * (VOLUME_BYTES / block)));
+      for (const b of blocks) await source.write(b * block, randomBytes(block));
+      const snap = await source.snapshot('snap-n');
+      serverBytes = 0;
+      const inc = await createBackup({
+        driver: t.endpoint,
+        snapshotId: snap.id,
+        baseSnapshotId: points[points.length - 1].snapshotId,
+        repoDir,
+      });
+      expect(inc.rangeBytes).toBe(N);
+      expect(inc.bytesRead).toBeLessThanOrEqual(1.05 * N);
+      expect(serverBytes).toBeLessThanOrEqual(1.05 * N);
+      expect(serverBytes).toBeGreaterThanOrEqual(N);
+      points.push({ snapshotId: snap.id, content: snap.content, backupId: inc.backupId });
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  test('a corrupt chunk: verify names it and restore refuses the chain', async () => {
+    const repo = await Repository.open(repoDir);
+    const full = await repo.readManifest(points[0].backupId);
+    const victim = full.chunks.find((c) => c[2])![2];
+    const file = repo.chunkPath(victim);
+    const bytes = fs.readFileSync(file);
+    bytes[bytes.length - 1] ^= 0xff;
+    fs.writeFileSync(file, bytes);
+
+    const verify = await runCli(['backup', 'verify', '--repo', repoDir, '--quiet']);
+    expect(verify.code).toBe(1);
+    expect(verify.stdout).toContain(victim);
+    expect(verify.stdout).toContain(file);
+    expect(verify.stdout).toMatch(/corrupt-chunk/);
+
+    const volumesBefore = await t.csi.listVolumeIds();
+    const last = points[points.length - 1].backupId;
+    const restore = await runCli([
+      'backup',
+      'restore',
+      '--repo',
+      repoDir,
+      '--backup',
+      last,
+      '--driver',
+      t.endpoint,
+      '--volume',
+      'should-not-exist',
+      '--quiet',
+    ]);
+    expect(restore.code).toBe(1);
+    expect(restore.stderr).toMatch(/does not verify/);
+    expect(restore.stderr).toContain(victim);
+    expect(await t.csi.listVolumeIds()).toEqual(volumesBefore);
+    const toFile = await runCli([
+      'backup',
+      'restore',
+      '--repo',
+      repoDir,
+      '--backup',
+      last,
+      '--to-file',
+      path.join(t.dir, 'x.img'),
+      '--quiet',
+    ]);
+    expect(toFile.code).toBe(1);
+    expect(fs.existsSync(path.join(t.dir, 'x.img'))).toBe(false);
+  });
+});
+
+describe('interrupted backups', () => {
+  let t: BackupDriver;
+  let source: SourceVolume;
+  let snapshotId: string;
+
+  beforeAll(async () => {
+    t = await startBackupDriver();
+    source = await SourceVolume.create(t.csi, 'big', 256 * MiB);
+    await source.write(0, randomBytes(192 * MiB));
+    snapshotId = (await source.snapshot('big-0')).id;
+  });
+  afterAll(async () => {
+    await source.close();
+    await t.close();
+  });
+
+  async function waitForChunks(repoDir: string, atLeast: number): Promise<void> {
+    for (let i = 0; i < 400; i++) {
+      const dir = path.join(repoDir, 'chunks');
+      const count = fs.existsSync(dir)
+        ? fs.readdirSync(dir).reduce((n, d) => n + fs.readdirSync(path.join(dir, d)).length, 0)
+        : 0;
+      if (count >= atLeast) return;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    throw new Error('the backup wrote no chunks');
+  }
+
+  test('SIGKILL mid-way: the repository verifies and the next run succeeds', async () => {
+    const repoDir = path.join(t.dir, 'repo-kill');
+    const child = spawnCli([
+      'backup',
+      'create',
+      '--driver',
+      t.endpoint,
+      '--snapshot',
+      snapshotId,
+      '--repo',
+      repoDir,
+      '--connections',
+      '1',
+      '--quiet',
+    ]);
+    const exited = new Promise((r) => child.on('exit', r));
+    await waitForChunks(repoDir, 8);
+    child.kill('SIGKILL');
+    await exited;
+    expect(fs.existsSync(path.join(repoDir, 'lock'))).toBe(true);
+    expect(fs.readdirSync(path.join(repoDir, 'backups'))).toEqual([]);
+
+    const verify = await runCli(['backup', 'verify', '--repo', repoDir, '--json', '--quiet']);
+    expect(verify.code).toBe(0);
+    expect(JSON.parse(verify.stdout)).toMatchObject({ ok: true, backups: 0 });
+
+    // The stale lock (its process is gone) is taken over; the killed run's temporary volume reused.
+    const again = await runCli([
+      'backup',
+      'create',
+      '--driver',
+      t.endpoint,
+      '--snapshot',
+      snapshotId,
+      '--repo',
+      repoDir,
+      '--json',
+      '--quiet',
+    ]);
+    expect(again.stderr).toBe('');
+    expect(again.code).toBe(0);
+    const summary = JSON.parse(again.stdout) as { chunksReused: number; rangeBytes: number };
+    expect(summary.chunksReused).toBeGreaterThan(0);
+    expect(summary.rangeBytes).toBe(192 * MiB);
+    const after = await runCli(['backup', 'verify', '--repo', repoDir, '--json', '--quiet']);
+    expect(JSON.parse(after.stdout)).toMatchObject({ ok: true, backups: 1, orphanChunks: 0 });
+    expect(await t.csi.listVolumeIds()).toEqual([source.volumeId]);
+  });
+
+  test('SIGTERM mid-way: the temporary volume is cleaned up and the lock released', async () => {
+    const repoDir = path.join(t.dir, 'repo-term');
+    const child = spawnCli([
+      'backup',
+      'create',
+      '--driver',
+      t.endpoint,
+      '--snapshot',
+      snapshotId,
+      '--repo',
+      repoDir,
+      '--connections',
+      '1',
+      '--quiet',
+    ]);
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    await waitForChunks(repoDir, 4);
+    child.kill('SIGTERM');
+    expect(await exited).toBe(130);
+    expect(fs.existsSync(path.join(repoDir, 'lock'))).toBe(false);
+    expect(await t.csi.listVolumeIds()).toEqual([source.volumeId]);
+  });
+
+  test('a second writer gets a clear error while the first holds the lock', async () => {
+    const repoDir = path.join(t.dir, 'repo-two');
+    const first = spawnCli([
+      'backup',
+      'create',
+      '--driver',
+      t.endpoint,
+      '--snapshot',
+      snapshotId,
+      '--repo',
+      repoDir,
+      '--connections',
+      '1',
+      '--quiet',
+    ]);
+    const exited = new Promise<number | null>((r) => first.on('exit', (code) => r(code)));
+    await waitForChunks(repoDir, 1);
+    const second = await runCli([
+      'backup',
+      'create',
+      '--driver',
+      t.endpoint,
+      '--snapshot',
+      snapshotId,
+      '--repo',
+      repoDir,
+      '--quiet',
+    ]);
+    expect(second.code).toBe(1);
+    expect(second.stderr).toMatch(/is locked by backup create .* \(pid \d+ on /);
+    expect(await exited).toBe(0);
+  });
+});
