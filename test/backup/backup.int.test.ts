@@ -235,6 +235,45 @@ describe('backup through the CSI driver', () => {
     expect(toFile.code).toBe(1);
     expect(fs.existsSync(path.join(t.dir, 'x.img'))).toBe(false);
   });
+  test('delete refuses a backup with dependents unless --with-dependents; list shows chains', async () => {
+    const list = await runCli(['backup', 'list', '--repo', repoDir]);
+    expect(list.code).toBe(0);
+    expect(list.stdout.split('\n').filter(Boolean).length).toBe(points.length);
+    expect(list.stdout).toContain(`  ${points[1].backupId}`);
+    const show = await runCli([
+      'backup',
+      'show',
+      '--repo',
+      repoDir,
+      '--backup',
+      points[2].backupId,
+      '--json',
+    ]);
+    expect(JSON.parse(show.stdout)).toMatchObject({ chain: points.slice(0, 3).map((p) => p.backupId) });
+
+    const refused = await runCli(['backup', 'delete', '--repo', repoDir, '--backup', points[1].backupId]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(points[2].backupId);
+    const deleted = await runCli([
+      'backup',
+      'delete',
+      '--repo',
+      repoDir,
+      '--backup',
+      points[1].backupId,
+      '--with-dependents',
+      '--json',
+    ]);
+    expect(deleted.code).toBe(0);
+    expect((JSON.parse(deleted.stdout) as { deleted: string[] }).deleted.sort()).toEqual(
+      points
+        .slice(1)
+        .map((p) => p.backupId)
+        .sort(),
+    );
+    const repo = await Repository.open(repoDir);
+    expect((await repo.listManifests()).map((m) => m.id)).toEqual([points[0].backupId]);
+  });
 });
 
 describe('interrupted backups', () => {

@@ -1,0 +1,190 @@
+// Repository format, locking, chains and the restore plan, without a driver.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  type ChunkEntry,
+  type Manifest,
+  MANIFEST_FORMAT,
+  Repository,
+  RepositoryLocked,
+  newBackupId,
+  sha256,
+} from '../../src/backup/repository';
+import { Coverage, cutOnGrid, mergeRanges } from '../../src/backup/ranges';
+import { planRestore } from '../../src/backup/restore';
+
+const KiB = 1024;
+
+function manifest(id: string, parent: string | null, chunks: ChunkEntry[]): Manifest {
+  return {
+    format: MANIFEST_FORMAT,
+    version: 1,
+    id,
+    createdAt: new Date().toISOString(),
+    toolVersion: 'test',
+    kind: parent ? 'incremental' : 'full',
+    snapshotId: `snap-${id}`,
+    sourceVolumeId: 'vol',
+    parent,
+    baseSnapshotId: parent ? `snap-${parent}` : null,
+    volumeSizeBytes: 4096 * KiB,
+    blockBytes: 1024 * KiB,
+    ranges: chunks.map((c) => [c[0], c[1]]),
+    chunks,
+    compression: 'none',
+    stats: { bytesRead: 0, bytesStored: 0, zeroBytes: 0, chunksNew: 0, chunksReused: 0, durationMs: 0 },
+  };
+}
+
+describe('ranges', () => {
+  test('cutOnGrid splits at grid lines only', () => {
+    expect(cutOnGrid([{ offset: 512 * KiB, length: 2048 * KiB }], 1024 * KiB)).toEqual([
+      { offset: 512 * KiB, length: 512 * KiB },
+      { offset: 1024 * KiB, length: 1024 * KiB },
+      { offset: 2048 * KiB, length: 512 * KiB },
+    ]);
+    expect(cutOnGrid([{ offset: 0, length: 64 * KiB }], 1024 * KiB)).toEqual([
+      { offset: 0, length: 64 * KiB },
+    ]);
+  });
+
+  test('mergeRanges and Coverage', () => {
+    expect(
+      mergeRanges([
+        { offset: 10, length: 5 },
+        { offset: 0, length: 10 },
+        { offset: 20, length: 1 },
+      ]),
+    ).toEqual([
+      { offset: 0, length: 15 },
+      { offset: 20, length: 1 },
+    ]);
+    const c = new Coverage(100);
+    expect(c.claim({ offset: 10, length: 20 })).toEqual([{ offset: 10, length: 20 }]);
+    expect(c.claim({ offset: 0, length: 50 })).toEqual([
+      { offset: 0, length: 10 },
+      { offset: 30, length: 20 },
+    ]);
+    expect(c.claim({ offset: 5, length: 40 })).toEqual([]);
+    expect(() => c.claim({ offset: 90, length: 20 })).toThrow(RangeError);
+  });
+
+  test('planRestore: later backups win, older data shows through the gaps', () => {
+    const full = manifest('a', null, [
+      [0, 1024 * KiB, 'A0'],
+      [1024 * KiB, 1024 * KiB, 'A1'],
+    ]);
+    const inc = manifest('b', 'a', [
+      [256 * KiB, 64 * KiB, 'B0'],
+      [1024 * KiB, 1024 * KiB, ''],
+    ]);
+    expect(
+      planRestore([full, inc]).map((p) => [
+        p.range.offset / KiB,
+        p.range.length / KiB,
+        p.hash,
+        p.chunkOffset / KiB,
+      ]),
+    ).toEqual([
+      [0, 256, 'A0', 0],
+      [256, 64, 'B0', 0],
+      [320, 704, 'A0', 320],
+      [1024, 1024, '', 0],
+    ]);
+  });
+});
+
+describe('repository', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'backup-repo-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  test('chunks round-trip with every codec and are checked on read', async () => {
+    const repo = await Repository.open(dir, { create: true });
+    const touched = new Set<string>();
+    const compressible = Buffer.alloc(256 * KiB, 'abcdefgh');
+    const random = randomBytes(256 * KiB);
+    for (const codec of ['none', 'deflate', 'brotli'] as const) {
+      for (const data of [compressible, random]) {
+        const hash = sha256(Buffer.concat([data, Buffer.from(codec)]));
+        const payload = Buffer.concat([data, Buffer.from(codec)]);
+        const stored = await repo.putChunk(hash, payload, codec, touched);
+        if (codec !== 'none' && data === compressible) expect(stored).toBeLessThan(payload.length / 10);
+        else expect(stored).toBe(payload.length + 8); // header only: incompressible data stays raw
+        expect((await repo.getChunk(hash)).equals(payload)).toBe(true);
+      }
+    }
+    await repo.syncChunkDirs(touched);
+    const hash = sha256(random);
+    await repo.putChunk(hash, random, 'none', touched);
+    const file = repo.chunkPath(hash);
+    const bytes = fs.readFileSync(file);
+    bytes[100] ^= 1;
+    fs.writeFileSync(file, bytes);
+    await expect(repo.getChunk(hash)).rejects.toThrow(/corrupt: SHA-256 does not match/);
+    fs.rmSync(file);
+    await expect(repo.getChunk(hash)).rejects.toThrow(/missing/);
+  });
+
+  test('the lock: a clear error for a second writer, stale locks of dead processes taken over', async () => {
+    const repo = await Repository.open(dir, { create: true });
+    const lock = await repo.lock('backup create x');
+    await expect(repo.lock('backup create y')).rejects.toThrow(RepositoryLocked);
+    await expect(repo.lock('backup create y')).rejects.toThrow(
+      new RegExp(`locked by backup create x \\(pid ${process.pid} on ${os.hostname()}`),
+    );
+    await lock.release();
+    // A lock left by a process that no longer exists on this host.
+    fs.writeFileSync(
+      path.join(dir, 'lock'),
+      JSON.stringify({ pid: 2 ** 22 + 12345, host: os.hostname(), command: 'dead', since: 'then' }),
+    );
+    fs.writeFileSync(path.join(dir, 'tmp', 'debris'), 'x');
+    const again = await repo.lock('backup create z');
+    expect(fs.readdirSync(path.join(dir, 'tmp'))).toEqual([]);
+    await again.release();
+    // A lock held on another host is never taken over.
+    fs.writeFileSync(
+      path.join(dir, 'lock'),
+      JSON.stringify({ pid: 1, host: 'elsewhere', command: 'backup create', since: 'then' }),
+    );
+    await expect(repo.lock('backup delete')).rejects.toThrow(/on elsewhere/);
+  });
+
+  test('chains, dependents, delete and sweep, verify', async () => {
+    const repo = await Repository.open(dir, { create: true, chunkBytes: 1024 * KiB });
+    const touched = new Set<string>();
+    const data = [randomBytes(1024 * KiB), randomBytes(64 * KiB), randomBytes(64 * KiB)];
+    const hashes = data.map(sha256);
+    for (const [i, d] of data.entries()) await repo.putChunk(hashes[i], d, 'none', touched);
+    await repo.syncChunkDirs(touched);
+    const a = manifest(newBackupId(), null, [[0, 1024 * KiB, hashes[0]]]);
+    const b = manifest(`${a.id}-b`, a.id, [[0, 64 * KiB, hashes[1]]]);
+    const c = manifest(`${a.id}-c`, b.id, [[64 * KiB, 64 * KiB, hashes[2]]]);
+    for (const m of [a, b, c]) await repo.writeManifest(m);
+    expect((await repo.chain(c.id)).map((m) => m.id)).toEqual([a.id, b.id, c.id]);
+    expect(repo.dependentsOf(a.id, await repo.listManifests()).map((m) => m.id)).toEqual([c.id, b.id]);
+    expect((await repo.verify()).problems).toEqual([]);
+
+    await repo.deleteBackups([c.id]);
+    expect(await repo.sweep()).toEqual({ chunks: 1, bytes: 64 * KiB + 8 });
+    await repo.deleteBackups([b.id]);
+    expect((await repo.sweep()).chunks).toBe(1);
+    const report = await repo.verify();
+    expect(report).toMatchObject({ backups: 1, chunksChecked: 1, problems: [], orphanChunks: 0 });
+
+    // A manifest whose parent is gone is reported, and its chain refused.
+    await repo.writeManifest(manifest('orphan', 'gone', []));
+    expect((await repo.verify()).problems).toMatchObject([{ backup: 'orphan', problem: 'missing-parent' }]);
+    await expect(repo.chain('orphan')).rejects.toThrow(/depends on gone, which is missing/);
+  });
+
+  test('opening a directory that is not a repository fails clearly', async () => {
+    await expect(Repository.open(dir)).rejects.toThrow(/not a backup repository/);
+    await expect(Repository.open(dir, { create: true, chunkBytes: 1000 })).rejects.toThrow(/chunk size/);
+  });
+});
