@@ -226,7 +226,7 @@ class Evaluator {
     };
     const command = (piped: unknown[] | null): unknown => {
       const l = lexemes[at];
-      if (l?.kind === 'word' && FUNCTIONS[l.text]) {
+      if (l?.kind === 'word' && !['true', 'false', 'nil', 'null'].includes(l.text)) {
         at++;
         return call(l.text, piped ?? []);
       }
