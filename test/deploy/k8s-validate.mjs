@@ -1,6 +1,7 @@
 // Validates Kubernetes objects against the API schemas of the `kubernetes-models` package (an ES
 // module, so it runs in its own node process, outside jest's CommonJS world). Reads a JSON array
 // of objects on stdin; prints a JSON array: null (valid), or an error message, one per object.
+import { Buffer } from 'node:buffer';
 import process from 'node:process';
 
 const chunks = [];
