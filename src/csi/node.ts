@@ -168,7 +168,7 @@ export class NodeService {
     }
     fs.mkdirSync(path.dirname(target), { recursive: true });
     if (staged.block) {
-      if (!pathExists(target)) fs.writeFileSync(target, '');
+      if (!(await pathExists(target))) await fs.promises.writeFile(target, '');
       await bindMount(staged.attachment.device, target, readOnly);
     } else {
       fs.mkdirSync(target, { recursive: true });
@@ -181,24 +181,24 @@ export class NodeService {
     if (!req.volume_id) throw invalidArgument('volume_id is required');
     const target = this.checkPath(req.target_path, 'target_path');
     await unmountAll(target);
-    if (pathExists(target)) {
-      if (fs.lstatSync(target).isDirectory()) fs.rmdirSync(target);
-      else fs.rmSync(target);
+    if (await pathExists(target)) {
+      if ((await fs.promises.lstat(target)).isDirectory()) await fs.promises.rmdir(target);
+      else await fs.promises.rm(target);
     }
     return {};
   }
 
-  private stagedFor(volumeId: string, volumePath: string): StagedVolume {
+  private async stagedFor(volumeId: string, volumePath: string): Promise<StagedVolume> {
     if (!volumeId) throw invalidArgument('volume_id is required');
     if (!volumePath) throw invalidArgument('volume_path is required');
     const staged = this.state.get(volumeId);
     if (!staged) throw notFound(`volume ${volumeId} is not staged on this node`);
-    if (!pathExists(volumePath)) throw notFound(`${volumePath} does not exist`);
+    if (!(await pathExists(volumePath))) throw notFound(`${volumePath} does not exist`);
     return staged;
   }
 
   async stats(req: { volume_id: string; volume_path: string }): Promise<object> {
-    const staged = this.stagedFor(req.volume_id, req.volume_path);
+    const staged = await this.stagedFor(req.volume_id, req.volume_path);
     if (staged.block) {
       const size = await deviceSizeBytes(staged.attachment.device);
       return {
@@ -229,7 +229,7 @@ export class NodeService {
     capacity_range: CapacityRange | null;
     staging_target_path: string;
   }): Promise<object> {
-    const staged = this.stagedFor(req.volume_id, req.volume_path);
+    const staged = await this.stagedFor(req.volume_id, req.volume_path);
     const size = await growAttachment(staged.attachment, staged.grant);
     const wanted = req.capacity_range?.required_bytes ?? 0;
     if (wanted > size)

@@ -1,19 +1,17 @@
 // Filesystems on attached devices: detect, create, grow, measure.
 import fs from 'node:fs';
-import { ExecError, run } from '../exec';
+import { run } from '../exec';
 
 export type FsType = 'ext4' | 'xfs';
 
 /** The filesystem (or other signature) on a device, or undefined when it is blank. */
 export async function probeFilesystem(device: string): Promise<string | undefined> {
-  try {
-    const { stdout } = await run('blkid', ['-p', '-o', 'value', '-s', 'TYPE', device], { quiet: true });
-    return stdout.trim() || undefined;
-  } catch (e) {
-    // blkid exits 2 when it finds no signature at all.
-    if (e instanceof ExecError && e.exitCode === 2) return undefined;
-    throw e;
-  }
+  // blkid exits 2 when it finds no signature at all.
+  const { stdout } = await run('blkid', ['-p', '-o', 'value', '-s', 'TYPE', device], {
+    quiet: true,
+    okExitCodes: [0, 2],
+  });
+  return stdout.trim() || undefined;
 }
 
 export async function makeFilesystem(device: string, fsType: FsType): Promise<void> {

@@ -1,6 +1,6 @@
 // Mount table queries and mount/unmount, all through src/exec.
 import fs from 'node:fs';
-import { ExecError, run, runJson } from '../exec';
+import { run } from '../exec';
 
 interface FindmntJson {
   filesystems: { target: string; source: string; fstype: string; options: string }[];
@@ -67,9 +67,14 @@ export async function unmountAll(target: string): Promise<void> {
   }
 }
 
-export function pathExists(p: string): boolean {
+/**
+ * Whether a path exists. Asynchronous on purpose: in the embedded role the NBD server behind a
+ * mounted volume runs in this process, and a synchronous stat that needs the volume's I/O
+ * would block the very event loop that has to answer it.
+ */
+export async function pathExists(p: string): Promise<boolean> {
   try {
-    fs.lstatSync(p);
+    await fs.promises.lstat(p);
     return true;
   } catch {
     return false;
