@@ -136,6 +136,7 @@ describe('chart and deploy/', () => {
         values: {
           pool: { dataDevice: '/dev/disk/by-id/data', metadataDevice: '/dev/disk/by-id/meta' },
           controller: { nodeSelector: { 'kubernetes.io/hostname': 'storage-1' }, extraArgs: ['--foo=1'] },
+          node: { updateStrategy: 'RollingUpdate' },
           snapshotMetadata: { tls: { cert: 'Y2VydA==', key: 'a2V5', caBundle: 'Y2E=' } },
         },
       }),
@@ -147,6 +148,9 @@ describe('chart and deploy/', () => {
     expect(podSpec(dsts)!.containers[0].args).toContain('--foo=1');
     expect((dsts.spec as { template: { spec: { nodeSelector: unknown } } }).template.spec.nodeSelector).toEqual({
       'kubernetes.io/hostname': 'storage-1',
+    });
+    expect(devices.find((o) => o.kind === 'DaemonSet')!.spec).toMatchObject({
+      updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } },
     });
     expect(devices.find((o) => o.kind === 'Secret')?.metadata.name).toBe('thinpool-csi-snapshot-metadata-tls');
     expect(
