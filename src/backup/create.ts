@@ -6,9 +6,8 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 import { logger } from '../log';
-import { CsiClient } from './csi-client';
+import { CsiClient, packageFile } from './csi-client';
 import { NbdConnectionPool, parseNbdEndpoint } from './nbd-client';
 import { type Progress, silentProgress } from './progress';
 import { type ByteRange, cutOnGrid, totalBytes } from './ranges';
@@ -26,7 +25,7 @@ const log = logger('backup');
 
 export const TOOL_VERSION: string = (() => {
   try {
-    const file = path.resolve(__dirname, '../../package.json');
+    const file = packageFile('package.json');
     return (JSON.parse(fs.readFileSync(file, 'utf8')) as { version: string }).version;
   } catch {
     return 'unknown';
@@ -230,7 +229,9 @@ export async function createBackup(options: CreateOptions): Promise<CreateSummar
             chunks[i] = [piece.offset, piece.length, hash];
             if (await repo.hasChunk(hash)) chunksReused++;
             else {
-              bytesStored += await repo.putChunk(hash, data, codec, touched);
+              // (not `bytesStored += await …`: that reads the total before the await, losing updates)
+              const stored = await repo.putChunk(hash, data, codec, touched);
+              bytesStored += stored;
               chunksNew++;
             }
           }

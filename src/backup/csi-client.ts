@@ -1,12 +1,20 @@
 // The backup tool's view of the driver: a CSI gRPC client (Controller + SnapshotMetadata) on the
 // driver's endpoint, as any Kubernetes component would use it. It loads proto/csi.proto itself
 // (same loader options as the driver) so that backup/ does not depend on the driver's code.
+import fs from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { ByteRange } from './ranges';
 
-const PROTO_FILE = path.resolve(__dirname, '../../proto/csi.proto');
+/** proto/csi.proto of the package, found upwards from here (src/, dist/ or a bench build). */
+export function packageFile(relative: string): string {
+  for (let dir = __dirname; ; dir = path.dirname(dir)) {
+    const candidate = path.join(dir, relative);
+    if (fs.existsSync(candidate)) return candidate;
+    if (path.dirname(dir) === dir) throw new Error(`${relative} not found above ${__dirname}`);
+  }
+}
 
 /** publish_context keys the driver returns from ControllerPublishVolume. */
 export const PUBLISH_ENDPOINT = 'endpoint';
@@ -24,7 +32,7 @@ interface Services {
 let services: Services | undefined;
 function loadServices(): Services {
   if (!services) {
-    const definition = protoLoader.loadSync(PROTO_FILE, {
+    const definition = protoLoader.loadSync(packageFile('proto/csi.proto'), {
       keepCase: true,
       longs: Number,
       enums: String,
