@@ -53,8 +53,15 @@ describe('backup through the CSI driver', () => {
     ]);
     expect(full.stderr).toContain('"event":"progress"');
     expect(full.code).toBe(0);
-    const summary = JSON.parse(full.stdout) as { backupId: string; kind: string; rangeBytes: number };
+    const summary = JSON.parse(full.stdout) as {
+      backupId: string;
+      kind: string;
+      rangeBytes: number;
+      bytesStored: number;
+    };
     expect(summary.kind).toBe('full');
+    // Random data: every byte listed is stored (plus an 8-byte header per chunk).
+    expect(summary.bytesStored).toBeGreaterThanOrEqual(summary.rangeBytes);
     points.push({ snapshotId: s0.id, content: s0.content, backupId: summary.backupId });
 
     for (let i = 1; i <= 3; i++) {
