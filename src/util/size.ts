@@ -4,7 +4,7 @@
 const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50 };
 
 export function parseSize(text: string, what = 'size'): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$/i.exec(text);
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:ib?|b)?\s*$/i.exec(text);
   if (!m) throw new RangeError(`${what}: cannot read "${text}" as a size (examples: 4096, 64k, 10G)`);
   const bytes = Number(m[1]) * UNITS[m[2].toLowerCase()];
   if (!Number.isSafeInteger(bytes)) throw new RangeError(`${what}: "${text}" is not a whole number of bytes`);
