@@ -15,27 +15,17 @@ export interface MountEntry {
 
 /** The mount at exactly `target`, if any (the last one, when mounts are stacked). */
 export async function mountAt(target: string): Promise<MountEntry | undefined> {
-  try {
-    const json = await runJson<FindmntJson>(
-      'findmnt',
-      ['-J', '-n', '-o', 'TARGET,SOURCE,FSTYPE,OPTIONS', '--mountpoint', target],
-      {
-        okExitCodes: [0],
-        quiet: true,
-      },
-    );
-    const last = json.filesystems[json.filesystems.length - 1];
-    if (!last) return undefined;
-    return {
-      target: last.target,
-      source: last.source,
-      fstype: last.fstype,
-      options: last.options.split(','),
-    };
-  } catch (e) {
-    if (e instanceof ExecError && e.exitCode === 1) return undefined;
-    throw e;
-  }
+  // findmnt exits 1 when nothing is mounted there.
+  const result = await run(
+    'findmnt',
+    ['-J', '-n', '-o', 'TARGET,SOURCE,FSTYPE,OPTIONS', '--mountpoint', target],
+    { okExitCodes: [0, 1], quiet: true },
+  );
+  if (result.exitCode === 1 || !result.stdout.trim()) return undefined;
+  const json = JSON.parse(result.stdout) as FindmntJson;
+  const last = json.filesystems[json.filesystems.length - 1];
+  if (!last) return undefined;
+  return { target: last.target, source: last.source, fstype: last.fstype, options: last.options.split(',') };
 }
 
 export async function isMounted(target: string): Promise<boolean> {
