@@ -97,6 +97,20 @@ export class ByteQueue {
     return out;
   }
 
+  /** Removes `bytes` bytes (caller checked `length`) as views of the received chunks: no copy. */
+  takeViews(bytes: number): Buffer[] {
+    const views: Buffer[] = [];
+    let left = bytes;
+    while (left > 0) {
+      const first = this.chunks[0];
+      const n = Math.min(first.length - this.head, left);
+      views.push(first.subarray(this.head, this.head + n));
+      this.skip(n);
+      left -= n;
+    }
+    return views;
+  }
+
   /** Moves up to `bytes` bytes into `target` at `targetOffset`; returns how many moved. */
   drainInto(target: Buffer, targetOffset: number, bytes: number): number {
     const n = Math.min(bytes, this.total);

@@ -2,6 +2,7 @@
 // export's BlockDevice, and answer each as soon as it completes (out of order).
 import type { Socket } from 'node:net';
 import type winston from 'winston';
+import type { BlockDevice } from '../block-device';
 import { BufferPool } from './buffer-pool';
 import type { ByteQueue } from './byte-queue';
 import { NbdCommandError, nbdErrorOf, ProtocolError } from './errors';
@@ -25,6 +26,8 @@ interface Request extends R.ReplyTarget {
   offset: number;
   length: number;
   payload: Buffer | undefined;
+  /** The payload as received-chunk views, for devices that take vectored writes. */
+  parts: Buffer[] | undefined;
   /** The payload came from the pool and goes back once the device is done with it. */
   pooled: boolean;
   /** Bytes of memory this request accounts for while in flight. */
@@ -41,6 +44,18 @@ export interface ReadIntoDevice {
 
 function canReadInto(device: object): device is ReadIntoDevice {
   return typeof (device as Partial<ReadIntoDevice>).readInto === 'function';
+}
+
+/**
+ * Optional BlockDevice extension: write a payload given as several buffers (pwritev), so a
+ * WRITE that arrived in many socket chunks reaches the device without being copied together.
+ */
+export interface WriteVectoredDevice {
+  writeVectored(offset: number, parts: Buffer[], options?: { fua?: boolean }): Promise<void>;
+}
+
+function canWriteVectored(device: object): device is WriteVectoredDevice {
+  return typeof (device as Partial<WriteVectoredDevice>).writeVectored === 'function';
 }
 
 /** Shared by all connections: bounded, so idle servers hold at most this much. */
@@ -68,6 +83,9 @@ export class Transmission {
   private inputPaused = false;
   /** A WRITE whose payload is still arriving. */
   private partial: { request: Request; filled: number } | undefined;
+  /** A WRITE waiting for its whole payload to be queued (vectored devices). */
+  private awaiting: Request | undefined;
+  private readonly vectored: boolean;
   /** DISC received or a graceful close asked for: take no new requests. */
   private ending = false;
   private stopped = false;
@@ -88,6 +106,7 @@ export class Transmission {
     this.headerBytes = this.extended ? P.EXTENDED_REQUEST_BYTES : P.COMPACT_REQUEST_BYTES;
     this.requestMagic = this.extended ? P.NBD_EXTENDED_REQUEST_MAGIC : P.NBD_REQUEST_MAGIC;
     this.sparseReads = session.export.sparseReads !== false;
+    this.vectored = canWriteVectored(session.export.device);
     socket.on('drain', this.maybeResume);
   }
 
@@ -134,6 +153,14 @@ export class Transmission {
         );
         if (this.partial.filled < payload.length) return;
         this.partial = undefined;
+        this.dispatch(request);
+        continue;
+      }
+      if (this.awaiting) {
+        const request = this.awaiting;
+        if (queue.length < request.reserved) return;
+        this.awaiting = undefined;
+        request.parts = queue.takeViews(request.reserved);
         this.dispatch(request);
         continue;
       }
@@ -189,6 +216,7 @@ export class Transmission {
         offset: offsetHi >= UNSAFE_HI ? Number.MAX_SAFE_INTEGER : offsetHi * TWO_POW_32 + offsetLo,
         length,
         payload: undefined,
+        parts: undefined,
         pooled: false,
         reserved:
           payloadBytes > 0
@@ -202,6 +230,10 @@ export class Transmission {
       if (payloadBytes > 0) {
         if (queue.contiguous(payloadBytes)) {
           request.payload = queue.take(payloadBytes);
+        } else if (this.vectored && type === P.NBD_CMD_WRITE) {
+          // Keep the received chunks and hand them to pwritev: no copy at all.
+          this.awaiting = request;
+          continue;
         } else {
           // Stream the payload into its final (recycled) buffer as it arrives: one copy.
           request.payload = pool.acquire(payloadBytes);
@@ -232,6 +264,7 @@ export class Transmission {
     // Writes are done with their payload once the device's promise settles.
     if (request.pooled) pool.release(request.payload as Buffer);
     request.payload = undefined;
+    request.parts = undefined;
     if (this.ending) this.finishIfIdle();
     else if (this.inputPaused) this.maybeResume();
   }
@@ -372,11 +405,14 @@ export class Transmission {
     this.checkWritable();
     if (request.length > 0) {
       const fua = (request.flags & P.NBD_CMD_FLAG_FUA) !== 0;
-      await this.session.export.device.write(
-        request.offset,
-        request.payload as Buffer,
-        fua ? { fua } : undefined,
-      );
+      const device = this.session.export.device;
+      if (request.parts) {
+        await (device as BlockDevice & WriteVectoredDevice).writeVectored(request.offset, request.parts, {
+          fua,
+        });
+      } else {
+        await device.write(request.offset, request.payload as Buffer, fua ? { fua } : undefined);
+      }
     }
     this.replyOk(request);
   }

@@ -198,7 +198,11 @@ async function fuzzConnection(port: number, rand: Rand, stats: FuzzStats): Promi
 }
 
 /** The well-behaved client: writes, flushes and verifies its own region until told to stop. */
-async function goodClient(port: number, stop: () => boolean): Promise<{ ops: number; errors: string[] }> {
+async function goodClient(
+  port: number,
+  stop: () => boolean,
+  progress: { ops: number },
+): Promise<{ ops: number; errors: string[] }> {
   const client = await RawClient.open({ port });
   await client.go('disk', { structured: true });
   const errors: string[] = [];
@@ -213,6 +217,7 @@ async function goodClient(port: number, stop: () => boolean): Promise<{ ops: num
     if (read.error || !read.data?.equals(data)) errors.push(`read mismatch at ${offset}`);
     if ((await client.request(P.NBD_CMD_FLUSH, 0, 0)).error) errors.push('flush failed');
     ops += 3;
+    progress.ops = ops;
   }
   client.disconnect();
   await client.closed;
@@ -249,11 +254,13 @@ describe('fuzzing the NBD server', () => {
     const rand = prng(seed);
     const stats: FuzzStats = { frames: 0, connections: 0, replyBytes: 0 };
     let stopping = false;
-    const good = goodClient(t.port, () => stopping);
+    const progress = { ops: 0 };
+    const good = goodClient(t.port, () => stopping, progress);
 
     // Warm up, then take the memory baseline.
     for (let i = 0; i < 20; i++) await fuzzConnection(t.port, rand, stats);
     const before = process.memoryUsage();
+    const opsBefore = progress.ops;
 
     const workers = 8;
     const deadline = Date.now() + 45_000;
@@ -263,11 +270,13 @@ describe('fuzzing the NBD server', () => {
       }),
     );
     const after = process.memoryUsage();
+    const opsDuringFuzz = progress.ops - opsBefore;
     stopping = true;
     const result = await good;
 
     console.log(
       `fuzz seed=${seed} frames=${stats.frames} connections=${stats.connections} good-ops=${result.ops} ` +
+        `(during fuzz ${opsDuringFuzz}) ` +
         `reply-bytes=${stats.replyBytes} ` +
         `heap +${((after.heapUsed - before.heapUsed) / MiB).toFixed(1)} MiB rss +${((after.rss - before.rss) / MiB).toFixed(1)} MiB`,
     );
@@ -275,7 +284,8 @@ describe('fuzzing the NBD server', () => {
     // The server answered most frames rather than hanging up early (≥ 16 bytes per reply).
     expect(stats.replyBytes).toBeGreaterThan(16 * 50_000);
     expect(result.errors).toEqual([]);
-    expect(result.ops).toBeGreaterThan(300);
+    // The good client kept making verified progress while the fuzzers ran (timing-independent bound).
+    expect(opsDuringFuzz).toBeGreaterThanOrEqual(30);
     expect(after.heapUsed - before.heapUsed).toBeLessThan(64 * MiB);
     expect(after.rss - before.rss).toBeLessThan(256 * MiB);
 
