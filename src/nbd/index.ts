@@ -8,3 +8,4 @@ export {
   type MetaContextProvider,
 } from './exports';
 export type { TlsMode, TlsSettings } from './tls';
+export type { ReadIntoDevice, WriteVectoredDevice } from './transmission';
