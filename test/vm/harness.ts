@@ -176,7 +176,8 @@ export class VmRun {
       '-append', ['console=ttyS0', 'panic=-1', `loglevel=${opts.loglevel ?? 4}`, ...params].join(' '),
       '-netdev', `user,id=n0${fwd}`, '-device', 'virtio-net-pci,netdev=n0,romfile=',
     ];
-    this.child = spawn('timeout', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Its own process group, so that kill() ends QEMU too and not only `timeout`.
+    this.child = spawn('timeout', args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     const consoleOut = opts.consoleFile ? fs.createWriteStream(opts.consoleFile) : undefined;
     const onData = (d: Buffer) => {
       const s = d.toString('utf8').replace(/\r/g, '');
@@ -227,8 +228,14 @@ export class VmRun {
     });
   }
 
+  /** Ends QEMU at once (no-op when it has already stopped). */
   kill(): void {
-    this.child.kill('SIGKILL');
+    if (this.child.exitCode !== null || this.child.signalCode !== null || !this.child.pid) return;
+    try {
+      process.kill(-this.child.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
   }
 
   private parse(code: number | null, signal: NodeJS.Signals | null): VmResult {

@@ -174,7 +174,7 @@ attach snap nbd0 -readonly
 mkdir -p /mnt/s && mount -t ext4 -o ro,noload /dev/nbd0 /mnt/s
 [ "$(sha256sum < /mnt/s/keep | cut -d' ' -f1)" = "$VM_keep" ] || die "snapshot content differs"
 if dd if=/dev/zero of=/dev/nbd0 bs=4k count=1 oflag=direct 2>/tmp/dd.err; then die "a write to the snapshot succeeded"; fi
-mark ddError "$(tail -n 1 /tmp/dd.err | tr ' ' _)"
+mark ddError "$(grep -m1 'dd:' /tmp/dd.err | tr ' ' _)"
 if touch /mnt/s/new 2>/dev/null; then die "touch on the read-only mount succeeded"; fi
 umount /mnt/s
 detach nbd0

@@ -260,7 +260,7 @@ static int nbd_connect(const char *host, const char *port, const char *name, uin
       goto fail;
     }
     uint32_t type = be64(rep + 8) & 0xffffffff;
-    uint32_t len = be64(rep + 12) >> 32;
+    uint32_t len = be64(rep + 12) & 0xffffffff;
     unsigned char data[1024];
     if (len > sizeof data) {
       snprintf(why, whylen, "option reply too long");
@@ -413,7 +413,7 @@ int main(int argc, char **argv) {
         }
         snprintf(why, sizeof why, "RECONFIGURE: %s", strerror(-rc));
       }
-      if (!quiet || attempts == 1) say("attempt %d failed: %s", attempts, why);
+      if (!quiet || attempts == 1 || attempts % 10 == 0) say("attempt %d failed: %s", attempts, why);
       if (sysfs_num("/sys/block/nbd%u/size", index) <= 0) return 0;
       usleep((useconds_t)(delay * 1e6));
       if (delay < 1) delay *= 2;
