@@ -102,8 +102,12 @@ describeVm('kernel NBD client against thinpool nbd serve', () => {
       expect(Number(r.markers['a.files'])).toBe(14);
       expect(Number(r.markers['b.files'])).toBe(14);
       const m = await server.metrics();
-      expect(metric(m, 'thinpool_nbd_bytes_total', { export: 'a', op: 'write' })).toBeGreaterThan(16 * 2 ** 20);
-      expect(metric(m, 'thinpool_nbd_bytes_total', { export: 'b', op: 'write' })).toBeGreaterThan(16 * 2 ** 20);
+      expect(metric(m, 'thinpool_nbd_bytes_total', { export: 'a', op: 'write' })).toBeGreaterThan(
+        16 * 2 ** 20,
+      );
+      expect(metric(m, 'thinpool_nbd_bytes_total', { export: 'b', op: 'write' })).toBeGreaterThan(
+        16 * 2 ** 20,
+      );
       console.log(
         `${mode}: VM run ${r.durationMs} ms; ext4 ${r.markers['a.seconds']} s, xfs ${r.markers['b.seconds']} s`,
       );
@@ -136,7 +140,10 @@ detach nbd0
       });
       await vm.waitFor(/^VMTEST written/m, 120_000);
       const usedBefore = metric(await server.metrics(), 'thinpool_pool_data_blocks_used', {});
-      const trimBefore = metric(await server.metrics(), 'thinpool_nbd_bytes_total', { export: 'a', op: 'trim' });
+      const trimBefore = metric(await server.metrics(), 'thinpool_nbd_bytes_total', {
+        export: 'a',
+        op: 'trim',
+      });
       ctl.set('trim', 'go');
       const r = expectPass(await vm.result);
       const m = await server.metrics();

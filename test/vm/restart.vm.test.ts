@@ -71,7 +71,9 @@ async function waitForWrites(vm: VmRun, count: number, timeoutMs: number): Promi
   for (;;) {
     if (wroteCount(vm.console) >= count) return Date.now();
     if (/^VMTEST (ioerror|fserrors)|^VMTEST-RESULT/m.test(vm.console) || Date.now() > deadline) {
-      throw new Error(`the guest's writes did not resume (${wroteCount(vm.console)}/${count})\n${tail(vm.console)}`);
+      throw new Error(
+        `the guest's writes did not resume (${wroteCount(vm.console)}/${count})\n${tail(vm.console)}`,
+      );
     }
     await sleep(50);
   }
