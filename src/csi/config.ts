@@ -43,6 +43,8 @@ export interface DriverConfig {
   maxVolumeBytes: number;
   /** Per message in SnapshotMetadata streams when the client does not say. */
   defaultMaxResults: number;
+  /** host:port for /metrics and /healthz; empty = off. */
+  metricsListen: string;
 }
 
 const GiB = 1024 ** 3;
@@ -73,6 +75,7 @@ export function defaultConfig(overrides: Partial<DriverConfig> = {}): DriverConf
     minVolumeBytes: 1024 * 1024,
     maxVolumeBytes: 16 * 1024 * GiB,
     defaultMaxResults: 256,
+    metricsListen: '',
     ...overrides,
   };
 }

@@ -6,6 +6,10 @@ import * as grpc from '@grpc/grpc-js';
 import { logger } from '../log';
 import { NbdServer } from '../nbd';
 import { Pool } from '../thin/pool';
+import { startMetricsServer } from '../metrics/http';
+import { registerNbdServerMetrics } from '../metrics/nbd-metrics';
+import { registerPoolMetrics } from '../metrics/pool-metrics';
+import type http from 'node:http';
 import { type DriverConfig, runsController, runsNode } from './config';
 import { ControllerService } from './controller';
 import { ExportGrants } from './exports';
@@ -26,11 +30,22 @@ export class Driver {
   nbdPort = 0;
   private ready = false;
   private stopped = false;
+  private metrics: http.Server | undefined;
+  /** Port of /metrics once it listens (0 when off). */
+  metricsPort = 0;
 
   constructor(readonly config: DriverConfig) {}
 
   /** Binds the CSI socket first (Probe answers "not ready"), then opens the pool. */
   async start(options: { openPool?: boolean } = {}): Promise<void> {
+    if (this.config.metricsListen) {
+      const m = /^(.*):(\d+)$/.exec(this.config.metricsListen);
+      if (!m) throw new RangeError(`--metrics-listen "${this.config.metricsListen}" is not host:port`);
+      registerPoolMetrics(this.config.poolName, () => this.pool);
+      const started = await startMetricsServer({ host: m[1], port: Number(m[2]), healthy: () => this.ready });
+      this.metrics = started.server;
+      this.metricsPort = started.port;
+    }
     const services = csiServices();
     this.server.addService(
       services.Identity.service,
@@ -105,6 +120,7 @@ export class Driver {
     if (this.pool.status().heldMetadataRoot !== null && !this.pool.readOnlyBecause)
       await this.pool.releaseMetadataSnap();
     this.nbd = new NbdServer();
+    registerNbdServerMetrics(this.nbd);
     const bound = await this.nbd.listen({ host: this.config.nbdHost, port: this.config.nbdPort });
     this.nbdPort = 'port' in bound ? bound.port : 0;
   }
@@ -117,6 +133,7 @@ export class Driver {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.metrics?.close();
     this.ready = false;
     await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
     await this.nbd?.close(2000);

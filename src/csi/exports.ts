@@ -8,6 +8,7 @@ import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../block-de
 import type { NbdServer } from '../nbd';
 import type { DeviceInfo, Pool } from '../thin/pool';
 import type { PublishRecord } from './store';
+import { MeteredDevice } from '../metrics/nbd-metrics';
 
 /** publish_context keys. */
 export const CTX_ENDPOINT = 'endpoint';
@@ -87,15 +88,26 @@ export class ExportGrants {
     const device = this.pool.device(info.id);
     const access = { kind: 'secret' as const, secret: record.secret };
     if (!this.nbd.exports.get(name)) {
-      this.nbd.addExport({ name, device, access, readOnly: record.readonly, fastZero: true });
+      this.nbd.addExport({
+        name,
+        device: new MeteredDevice(device, name),
+        access,
+        readOnly: record.readonly,
+        fastZero: true,
+        sparseReads: true,
+      });
     }
     if (!this.nbd.exports.get(`${name}.grow`)) {
       this.nbd.addExport({
         name: `${name}.grow`,
-        device: new GrowableView(device, Math.max(this.growableBytes, device.sizeBytes)),
+        device: new MeteredDevice(
+          new GrowableView(device, Math.max(this.growableBytes, device.sizeBytes)),
+          `${name}.grow`,
+        ),
         access,
         readOnly: record.readonly,
         fastZero: true,
+        sparseReads: true,
       });
     }
     return {

@@ -1,8 +1,9 @@
 // The one request wrapper every RPC goes through: it logs the request with secrets redacted,
 // takes the per-volume / per-name operation locks, and turns whatever was thrown into a gRPC
 // status (errors.ts). Handlers themselves stay plain async functions.
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import { logger } from '../log';
+import { recordCsiRequest } from '../metrics/registry';
 import { aborted, toStatus } from './errors';
 
 const log = logger('csi');
@@ -97,10 +98,12 @@ export function unary<Req, Res>(
     withLocks(locks, method, spec.locks?.(call.request) ?? [], () => spec.run(call.request)).then(
       (response) => {
         log.debug('response', { id, method, ms: Date.now() - started });
+        recordCsiRequest(method, 'OK', (Date.now() - started) / 1000);
         callback(null, response);
       },
       (error: unknown) => {
         const { code, details } = toStatus(error);
+        recordCsiRequest(method, grpc.status[code] ?? String(code), (Date.now() - started) / 1000);
         const level = code === 13 ? 'error' : 'info';
         log.log(level, 'request failed', { id, method, code, details, request: redact(call.request) });
         if (code === 13 && error instanceof Error) log.debug(error.stack ?? '');
@@ -128,6 +131,7 @@ export function serverStream<Req, Res>(
 ): grpc.UntypedHandleCall {
   const handler: grpc.handleServerStreamingCall<Req, Res> = (call) => {
     const id = nextRequestId++;
+    const started = Date.now();
     log.debug('request', { id, method, request: redact(call.request) });
     // Respect flow control: wait for 'drain' when the client reads slower than we write.
     const send = (response: Res): Promise<boolean> => {
@@ -145,10 +149,12 @@ export function serverStream<Req, Res>(
     };
     withLocks(locks, method, spec.locks?.(call.request) ?? [], () => spec.run(call.request, send, call)).then(
       () => {
+        recordCsiRequest(method, 'OK', (Date.now() - started) / 1000);
         if (!call.cancelled) call.end();
       },
       (error: unknown) => {
         const { code, details } = toStatus(error);
+        recordCsiRequest(method, grpc.status[code] ?? String(code), (Date.now() - started) / 1000);
         log.info('request failed', { id, method, code, details, request: redact(call.request) });
         call.emit('error', { code, details });
       },

@@ -22,6 +22,9 @@ export type { PoolCreateOptions };
 
 export type NoSpacePolicy = 'error' | 'queue';
 
+/** A device id, or 'auto' to let the pool choose the lowest free one. */
+export type DeviceIdChoice = number | 'auto';
+
 export interface PoolOpenOptions {
   readOnly?: boolean;
   cacheBlocks?: number;
@@ -70,6 +73,8 @@ export class Pool extends EventEmitter implements DeviceHost {
   readonly blockBytes: number;
   readonly skipBlockZeroing: boolean;
   private readonly open = new Map<number, ThinDevice>();
+  private readonly openReadOnly = new Map<number, ThinDevice>();
+  private metadataSnapQueue: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
   private dataDirty = false;
   private readOnlyReason: string | undefined;
@@ -144,17 +149,21 @@ export class Pool extends EventEmitter implements DeviceHost {
     throw new PoolError('all 2^24 device ids are in use', 'ENOSPC');
   }
 
-  async createThin(id: number, sizeBytes: number, labels: Record<string, string> = {}): Promise<DeviceInfo> {
+  /** A new empty device; with id 'auto' the pool picks the lowest free id, race-free. */
+  async createThin(
+    id: DeviceIdChoice,
+    sizeBytes: number,
+    labels: Record<string, string> = {},
+  ): Promise<DeviceInfo> {
     this.checkSize(sizeBytes);
-    await this.changeDeviceSet('create', id, { sizeBytes, createdAt: new Date().toISOString(), labels }, () =>
-      this.md.createThin(id),
-    );
-    return this.deviceInfo(id);
+    const entry = { sizeBytes, createdAt: new Date().toISOString(), labels };
+    const chosen = await this.changeDeviceSet('create', id, entry, (newId) => this.md.createThin(newId));
+    return this.deviceInfo(chosen);
   }
 
   /** An O(1) snapshot of `originId`; its size defaults to the origin's and may only be larger. */
   async createSnap(
-    id: number,
+    id: DeviceIdChoice,
     originId: number,
     options: { sizeBytes?: number; labels?: Record<string, string> } = {},
   ): Promise<DeviceInfo> {
@@ -173,15 +182,18 @@ export class Pool extends EventEmitter implements DeviceHost {
       createdAt: new Date().toISOString(),
       labels: options.labels ?? {},
     };
-    await this.changeDeviceSet('create', id, entry, () => this.md.createSnap(id, originId));
+    const chosen = await this.changeDeviceSet('create', id, entry, (newId) =>
+      this.md.createSnap(newId, originId),
+    );
     this.open.get(originId)?.refreshSharing();
-    return this.deviceInfo(id);
+    return this.deviceInfo(chosen);
   }
 
   async deleteDevice(id: number): Promise<void> {
     if (!this.md.deviceExists(id)) throw new DeviceNotFoundError(id);
     await this.changeDeviceSet('delete', id, undefined, () => this.md.deleteDevice(id));
     this.open.delete(id);
+    this.openReadOnly.delete(id);
   }
 
   /** Grows a device's virtual size (a catalogue change: dm-thin stores no size). */
@@ -195,8 +207,10 @@ export class Pool extends EventEmitter implements DeviceHost {
         'EINVAL',
       );
     await this.gate.exclusive(() => this.catalogue.update(id, { sizeBytes }));
-    const dev = this.open.get(id);
-    if (dev) dev.sizeBytes = sizeBytes;
+    for (const views of [this.open, this.openReadOnly]) {
+      const dev = views.get(id);
+      if (dev) dev.sizeBytes = sizeBytes;
+    }
     return this.deviceInfo(id);
   }
 
@@ -206,14 +220,15 @@ export class Pool extends EventEmitter implements DeviceHost {
     return this.deviceInfo(id);
   }
 
+  /** The device's one writable view, or its one read-only view; both follow resizes. */
   device(id: number, options: { readOnly?: boolean } = {}): ThinDevice {
     const entry = this.catalogue.get(id);
     if (!entry || !this.md.deviceExists(id)) throw new DeviceNotFoundError(id);
-    if (options.readOnly) return new ThinDevice(this, id, entry.sizeBytes, true);
-    let dev = this.open.get(id);
+    const views = options.readOnly ? this.openReadOnly : this.open;
+    let dev = views.get(id);
     if (!dev) {
-      dev = new ThinDevice(this, id, entry.sizeBytes);
-      this.open.set(id, dev);
+      dev = new ThinDevice(this, id, entry.sizeBytes, options.readOnly);
+      views.set(id, dev);
     }
     return dev;
   }
@@ -237,6 +252,23 @@ export class Pool extends EventEmitter implements DeviceHost {
 
   releaseMetadataSnap(): Promise<void> {
     return this.gate.exclusive(() => this.metadataChange(() => this.md.releaseMetadataSnap()));
+  }
+
+  /**
+   * Reserves the metadata snapshot, runs `fn` (which may read with `useMetadataSnap`), then
+   * releases it. Callers in one process queue up here, since only one snapshot may be held.
+   */
+  withMetadataSnap<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.metadataSnapQueue.then(async () => {
+      await this.reserveMetadataSnap();
+      try {
+        return await fn();
+      } finally {
+        await this.releaseMetadataSnap();
+      }
+    });
+    this.metadataSnapQueue = run.catch(() => undefined);
+    return run;
   }
 
   /**
@@ -495,12 +527,13 @@ export class Pool extends EventEmitter implements DeviceHost {
   // two steps is settled by `reconcile` on the next open.
   private async changeDeviceSet(
     op: 'create' | 'delete',
-    id: number,
+    want: DeviceIdChoice,
     entry: CatalogueEntry | undefined,
-    apply: () => void,
-  ): Promise<void> {
-    await this.gate.exclusive(async () => {
+    apply: (id: number) => void,
+  ): Promise<number> {
+    return this.gate.exclusive(async () => {
       this.checkWritable();
+      const id = want === 'auto' ? this.nextDeviceId() : want;
       if (op === 'create' && (this.md.deviceExists(id) || this.catalogue.get(id)))
         throw new DeviceExistsError(id);
       await this.commitNow();
@@ -514,7 +547,7 @@ export class Pool extends EventEmitter implements DeviceHost {
       faultPoint(`${op}:after-intent`);
       try {
         this.metadataChange(() => {
-          apply();
+          apply(id);
           this.md.setTransactionId(from, to);
         });
       } catch (e) {
@@ -525,6 +558,7 @@ export class Pool extends EventEmitter implements DeviceHost {
       this.catalogue.completeIntent();
       faultPoint(`${op}:after-catalogue`);
       log.info(`${op === 'create' ? 'created' : 'deleted'} thin device`, { id, transactionId: to });
+      return id;
     });
   }
 

@@ -30,6 +30,7 @@ const FIELDS: [string, keyof DriverConfig, 'string' | 'number' | 'size' | 'list'
   ['max-overprovision-ratio', 'maxOverprovisionRatio', 'number'],
   ['default-volume-size', 'defaultVolumeBytes', 'size'],
   ['max-volume-size', 'maxVolumeBytes', 'size'],
+  ['metrics-listen', 'metricsListen', 'string'],
 ];
 
 function convert(kind: 'string' | 'number' | 'size' | 'list', value: unknown, what: string): unknown {
