@@ -3,6 +3,7 @@
  * across restarts of its NBD server.
  *
  *   nbd-reconnect [-D dead-conn-timeout-s] [-q] <index> <host> <port> <export>
+ *   nbd-reconnect -s <bytes> <index>      (set the size of a netlink-attached device, exit)
  *
  * nbd-client 3.24 attaches through the netlink interface but sets no dead-connection
  * timeout and exits at once, so when the server goes away every queued request fails
@@ -18,8 +19,8 @@
  *
  * So this program sets the dead-connection timeout, then waits for LINK_DEAD events for
  * its device; on each it connects again, redoes the handshake (NBD_OPT_GO with the
- * same export name; the size and read-only flag must not have changed) and hands the
- * socket to the kernel. It exits when the device is disconnected (its size drops to 0)
+ * same export name; the export must not have shrunk or become read-only; if it grew, the
+ * device grows with it) and hands the socket to the kernel. It exits when the device is disconnected (its size drops to 0)
  * or on SIGTERM. Every line it prints starts with "nbd-reconnect:".
  */
 #define _GNU_SOURCE
@@ -160,10 +161,13 @@ static int genl_socket(void) {
   return s;
 }
 
+static uint64_t new_size;
+
 static int reconfigure(int sock, int family, uint32_t index, uint64_t dead_timeout, int fd) {
   struct msg m;
   start_msg(&m, family, NBD_CMD_RECONFIGURE, NBD_GENL_VERSION);
   put_attr(&m, NBD_ATTR_INDEX, &index, sizeof index);
+  if (new_size) put_attr(&m, NBD_ATTR_SIZE_BYTES, &new_size, sizeof new_size);
   if (dead_timeout) put_attr(&m, NBD_ATTR_DEAD_CONN_TIMEOUT, &dead_timeout, sizeof dead_timeout);
   if (fd >= 0) {
     struct nlattr *socks = put_attr(&m, NBD_ATTR_SOCKETS | NLA_F_NESTED, NULL, 0);
@@ -315,10 +319,22 @@ static void on_signal(int sig) {
 int main(int argc, char **argv) {
   uint64_t dead_timeout = 120;
   int c;
-  while ((c = getopt(argc, argv, "D:q")) != -1) {
+  while ((c = getopt(argc, argv, "D:qs:")) != -1) {
     if (c == 'D') dead_timeout = strtoull(optarg, NULL, 10);
+    else if (c == 's') new_size = strtoull(optarg, NULL, 10);
     else if (c == 'q') quiet = 1;
     else return 2;
+  }
+  if (new_size && argc - optind == 1) {
+    int ctl = genl_socket();
+    struct family fam = {0};
+    struct msg m;
+    start_msg(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1);
+    put_attr(&m, CTRL_ATTR_FAMILY_NAME, NBD_GENL_FAMILY_NAME, strlen(NBD_GENL_FAMILY_NAME) + 1);
+    int rc = ctl < 0 ? -errno : transact(ctl, &m, on_family, &fam);
+    if (!rc) rc = reconfigure(ctl, fam.id, strtoul(argv[optind], NULL, 10), 0, -1);
+    if (rc) fprintf(stderr, "nbd-reconnect: resize: %s\n", strerror(-rc));
+    return rc ? 1 : 0;
   }
   if (argc - optind != 4) {
     fprintf(stderr, "usage: nbd-reconnect [-D dead-conn-timeout-s] [-q] <index> <host> <port> <export>\n");
@@ -392,13 +408,15 @@ int main(int argc, char **argv) {
       uint16_t flags = 0;
       attempts++;
       int s = nbd_connect(host, port, name, &size, &flags, why, sizeof why);
-      if (s >= 0 && size != (uint64_t)sectors * 512) {
-        snprintf(why, sizeof why, "export size changed (%llu, was %llu): not reattaching", (unsigned long long)size,
-                 (unsigned long long)sectors * 512);
+      sectors = sysfs_num("/sys/block/nbd%u/size", index);
+      if (s >= 0 && size < (uint64_t)sectors * 512) {
         close(s);
-        say("%s", why);
+        say("export shrank (%llu, was %llu): not reattaching", (unsigned long long)size,
+            (unsigned long long)sectors * 512);
         return 1;
       }
+      /* An export that grew meanwhile (a volume expansion) is reattached at its new size. */
+      new_size = s >= 0 && size > (uint64_t)sectors * 512 ? size : 0;
       if (s >= 0 && !(flags & NBD_FLAG_READ_ONLY) != !ro && ro == 0) {
         close(s);
         say("export became read-only: not reattaching");
@@ -408,6 +426,8 @@ int main(int argc, char **argv) {
         rc = reconfigure(ctl, fam.id, index, 0, s);
         close(s); /* the kernel holds its own reference */
         if (rc == 0) {
+          if (new_size) say("/dev/nbd%u grew to %llu bytes", index, (unsigned long long)new_size);
+          new_size = 0;
           say("reconnected /dev/nbd%u after %.2fs (%d attempts)", index, now() - t0, attempts);
           break;
         }
