@@ -16,8 +16,6 @@ import { DEPLOY, K8sObject, parseManifests, yamlFiles } from './helpers';
  * work's report). While one is missing from `serve --help`, it is dropped before starting serve;
  * once serve has it, it is passed like every other flag.
  */
-const PENDING_SERVE_FLAGS = ['metrics-listen'];
-
 type Container = { name: string; image: string; args?: string[]; command?: string[] };
 
 const objects = yamlFiles(DEPLOY).flatMap((f) => parseManifests(fs.readFileSync(f, 'utf8'), f));
@@ -86,10 +84,7 @@ describe('thinpool command lines in the manifests', () => {
       .filter((c) => c.args?.[0] === 'serve')
       .flatMap((c) => c.args!.slice(1).map(flagName));
     expect(used.length).toBeGreaterThan(15);
-    const unknown = used.filter((f) => !flags.has(f) && !PENDING_SERVE_FLAGS.includes(f));
-    expect(unknown).toEqual([]);
-    const pending = PENDING_SERVE_FLAGS.filter((f) => !flags.has(f));
-    if (pending.length) console.warn(`thinpool serve lacks ${pending.map((f) => `--${f}`).join(', ')} (pending)`);
+    expect(used.filter((f) => !flags.has(f))).toEqual([]);
   });
 
   test('controller and nodes agree on the topology; nodes dial the pool Service', () => {
