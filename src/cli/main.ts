@@ -6,6 +6,7 @@ import { poolCommands } from './commands/pool';
 import { serve, serveCommand } from './commands/serve';
 import { thinCommands } from './commands/thin';
 import { nbdCommands } from './commands/nbd';
+import { callCsi, csiCommand } from './commands/csi';
 import { backupCommands } from './commands/backup';
 
 // Every command is a thin file over the library; this only wires them and reports failures.
@@ -17,6 +18,12 @@ export async function main(args: string[]): Promise<void> {
     .command('pool', 'create, inspect, check and grow pools; metadata snapshots', poolCommands)
     .command('thin', 'thin devices: create, snapshot, delete, import/export images, delta', thinCommands)
     .command('nbd', 'serve thin devices over NBD', nbdCommands)
+    .command(
+      'csi <method> [request]',
+      'call the running driver: any CSI RPC with a JSON request',
+      csiCommand,
+      (argv) => callCsi(argv as unknown as Parameters<typeof callCsi>[0]),
+    )
     .command('backup', 'incremental snapshot backups through the CSI driver; restore', backupCommands)
     .command('serve', 'run the CSI driver (controller, node, or both)', serveCommand, (argv) => serve(argv))
     .demandCommand(1, 'name a command (try --help)')
