@@ -9,13 +9,15 @@ import { CommandFailed } from '../errors';
 
 type ServiceName = keyof CsiServices;
 
+const SERVICES: ServiceName[] = ['Identity', 'Controller', 'Node', 'SnapshotMetadata'];
+
 function findMethod(method: string): { service: ServiceName; stream: boolean } {
   const services = csiServices();
-  for (const service of Object.keys(services) as ServiceName[]) {
+  for (const service of SERVICES) {
     const definition = services[service].service[method];
     if (definition) return { service, stream: definition.responseStream };
   }
-  const known = (Object.keys(services) as ServiceName[]).flatMap((s) => Object.keys(services[s].service));
+  const known = SERVICES.flatMap((s) => Object.keys(services[s].service));
   throw new CommandFailed(`no CSI method "${method}"; known: ${known.join(', ')}`);
 }
 
