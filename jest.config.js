@@ -4,6 +4,8 @@ module.exports = {
   testEnvironment: 'node',
   roots: ['<rootDir>/test'],
   testMatch: ['**/*.test.ts'],
+  // The VM suite boots QEMU and runs on its own (test/vm/run, called by scripts/test).
+  testPathIgnorePatterns: ['/node_modules/', '\\.vm\\.test\\.ts$'],
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json' }] },
   testTimeout: 120000,
   globalSetup: '<rootDir>/test/global-setup.js',
