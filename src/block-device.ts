@@ -23,13 +23,18 @@ export interface ZeroOptions extends WriteOptions {
 /**
  * A byte-addressed block device. Offsets and lengths are in bytes; callers keep them
  * 512-byte aligned and inside `sizeBytes`, implementations still reject anything else
- * with a `RangeError`.
+ * with a `RangeError`. A device must not keep a caller's buffer after the call resolves:
+ * the NBD server reuses its buffers for the next request.
  */
 export interface BlockDevice {
   readonly sizeBytes: number;
   readonly readOnly: boolean;
   read(offset: number, length: number): Promise<Buffer>;
+  /** Optional fast path: read into a buffer the caller owns (recycled READ buffers). */
+  readInto?(offset: number, target: Buffer): Promise<void>;
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void>;
+  /** Optional fast path: a write given as several buffers, written without joining them. */
+  writeVectored?(offset: number, parts: Buffer[], options?: WriteOptions): Promise<void>;
   trim(offset: number, length: number, options?: WriteOptions): Promise<void>;
   writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void>;
   /** Everything acknowledged so far is durable when this resolves. */

@@ -37,6 +37,24 @@ export class MeteredDevice implements BlockDevice {
   read(offset: number, length: number): Promise<Buffer> {
     return this.measure('read', length, () => this.device.read(offset, length));
   }
+  // The fast paths stay fast through the wrapper when the device has them.
+  readInto(offset: number, target: Buffer): Promise<void> {
+    const device = this.device;
+    if (!device.readInto)
+      return this.measure(
+        'read',
+        target.length,
+        async () => void (await device.read(offset, target.length)).copy(target),
+      );
+    return this.measure('read', target.length, () => device.readInto!(offset, target));
+  }
+  writeVectored(offset: number, parts: Buffer[], options?: WriteOptions): Promise<void> {
+    const device = this.device;
+    const bytes = parts.reduce((n, p) => n + p.length, 0);
+    if (!device.writeVectored)
+      return this.measure('write', bytes, () => device.write(offset, Buffer.concat(parts), options));
+    return this.measure('write', bytes, () => device.writeVectored!(offset, parts, options));
+  }
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
     return this.measure('write', data.length, () => this.device.write(offset, data, options));
   }

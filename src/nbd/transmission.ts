@@ -34,25 +34,15 @@ interface Request extends R.ReplyTarget {
   reserved: number;
 }
 
-/**
- * Optional BlockDevice extension: read into a buffer the caller provides, so READ data can
- * live in recycled buffers. FileBlockDevice has it; other devices fall back to `read`.
- */
-export interface ReadIntoDevice {
-  readInto(offset: number, target: Buffer): Promise<void>;
-}
+/** A device with the optional `readInto` fast path (READ data in recycled buffers). */
+export type ReadIntoDevice = Required<Pick<BlockDevice, 'readInto'>>;
 
 function canReadInto(device: object): device is ReadIntoDevice {
   return typeof (device as Partial<ReadIntoDevice>).readInto === 'function';
 }
 
-/**
- * Optional BlockDevice extension: write a payload given as several buffers (pwritev), so a
- * WRITE that arrived in many socket chunks reaches the device without being copied together.
- */
-export interface WriteVectoredDevice {
-  writeVectored(offset: number, parts: Buffer[], options?: { fua?: boolean }): Promise<void>;
-}
+/** A device with the optional `writeVectored` fast path (WRITE payloads left in socket chunks). */
+export type WriteVectoredDevice = Required<Pick<BlockDevice, 'writeVectored'>>;
 
 function canWriteVectored(device: object): device is WriteVectoredDevice {
   return typeof (device as Partial<WriteVectoredDevice>).writeVectored === 'function';

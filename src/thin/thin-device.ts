@@ -57,15 +57,25 @@ export class ThinDevice implements BlockDevice {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(length);
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  /** Reads into the caller's buffer; unmapped parts become zeros. */
+  async readInto(offset: number, target: Buffer): Promise<void> {
+    const length = target.length;
     this.checkRange(offset, length);
-    const out = Buffer.alloc(length);
     await this.host.gate.run(async () => {
       const reads: Promise<void>[] = [];
       let run: { dataBlock: number; offset: number; at: number; length: number } | undefined;
       const bs = this.host.blockBytes;
       for (const seg of this.segments(offset, length)) {
         const m = this.host.md.lookupMapping(this.id, seg.vblock);
-        if (!m) continue;
+        if (!m) {
+          target.fill(0, seg.at, seg.at + seg.length);
+          continue;
+        }
         // Coalesce reads of consecutive data blocks into one.
         if (
           run &&
@@ -75,13 +85,12 @@ export class ThinDevice implements BlockDevice {
           run.length += seg.length;
           continue;
         }
-        if (run) reads.push(this.readRun(run, out));
+        if (run) reads.push(this.readRun(run, target));
         run = { dataBlock: m.dataBlock, offset: seg.offset, at: seg.at, length: seg.length };
       }
-      if (run) reads.push(this.readRun(run, out));
+      if (run) reads.push(this.readRun(run, target));
       await Promise.all(reads);
     });
-    return out;
   }
 
   async write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
