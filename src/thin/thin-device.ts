@@ -95,10 +95,41 @@ export class ThinDevice implements BlockDevice {
 
   async write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
     this.checkWrite(offset, data.length);
+    if (data.length > this.host.blockBytes && (await this.overwriteInPlace(offset, data))) {
+      if (options.fua) await this.host.flush();
+      return;
+    }
     await this.eachSegment(offset, data.length, (seg) =>
       this.writeSegment(seg.vblock, seg.offset, data.subarray(seg.at, seg.at + seg.length)),
     );
     if (options.fua) await this.host.flush();
+  }
+
+  // The common case of a large write: every block it touches is mapped, owned by this device
+  // alone and laid out consecutively in the data file, so it is one write at one place.
+  // Returns false (having changed nothing) when that is not so.
+  private async overwriteInPlace(offset: number, data: Buffer): Promise<boolean> {
+    const bs = this.host.blockBytes;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + data.length - 1) / bs);
+    return this.host.gate.run(async () => {
+      const releases: (() => void)[] = [];
+      try {
+        // Ascending order, and single-block operations never hold one lock while taking another.
+        for (let v = first; v <= last; v++) releases.push(await this.locks.acquire(v));
+        let start = -1;
+        for (let v = first; v <= last; v++) {
+          const m = this.host.md.lookupMapping(this.id, v);
+          if (!m || m.time < this.snapshottedTime) return false;
+          if (v === first) start = m.dataBlock;
+          else if (m.dataBlock !== start + (v - first)) return false;
+        }
+        await this.host.writeData(start, offset - first * bs, data);
+        return true;
+      } finally {
+        for (const release of releases) release();
+      }
+    });
   }
 
   /** Whole blocks are unmapped (their data freed when unreferenced); partial blocks are zeroed. */

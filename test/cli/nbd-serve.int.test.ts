@@ -138,7 +138,9 @@ it('serves exports whose allocation map and delta context match the engine', asy
   expect(readBytes).toBeGreaterThanOrEqual(allocatedS2);
   expect(readBytes).toBeLessThanOrEqual(SIZE);
   expect(metrics).toMatch(/thinpool_pool_devices\{pool="[^"]+"\} 3/);
-  expect(metrics).toMatch(/thinpool_nbd_operations_total\{export="vol",op="block_status",result="ok"\} [1-9]/);
+  expect(metrics).toMatch(
+    /thinpool_nbd_operations_total\{export="vol",op="block_status",result="ok"\} [1-9]/,
+  );
   expect(metrics).toMatch(/thinpool_nbd_operations_total\{export="s2",op="read",result="ok"\} [1-9]/);
   // The read-only export refused qemu-io's write before it reached the device.
   expect(metrics).not.toMatch(/export="s3",op="write"/);

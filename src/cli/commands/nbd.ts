@@ -52,6 +52,12 @@ export function nbdCommands(yargs: Argv): Argv {
             default: 1000,
             describe: 'milliseconds between periodic commits',
           })
+          .option('sync-io-max', {
+            type: 'number',
+            default: 0,
+            describe:
+              'serve data I/O up to this many bytes synchronously (fast on cached data, stalls on misses)',
+          })
           .option('metrics-listen', {
             type: 'string',
             describe: 'host:port for /metrics and /healthz (off by default)',
@@ -61,7 +67,10 @@ export function nbdCommands(yargs: Argv): Argv {
         if (argv.tls !== 'off' && (!argv['tls-cert'] || !argv['tls-key'])) {
           throw new CommandFailed(`--tls ${argv.tls} needs --tls-cert and --tls-key`);
         }
-        const pool = await Pool.open(argv.pool, { commitIntervalMs: argv['commit-interval'] });
+        const pool = await Pool.open(argv.pool, {
+          commitIntervalMs: argv['commit-interval'],
+          syncIoMaxBytes: argv['sync-io-max'],
+        });
         const read = (file?: string) => (file ? fs.readFileSync(file) : undefined);
         const server = new NbdServer({
           tls:

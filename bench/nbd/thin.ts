@@ -1,0 +1,133 @@
+// A thin device over NBD against the plain-file export of our own server, same run, same
+// fio jobs: first writes (every block provisioned), then overwrites, then reads. Writes the
+// "## Thin device over NBD" section of docs/benchmarks.md.
+//
+//   bash bench/nbd/thin.sh [--size-mib N] [--no-docs]
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { machineLine, updateBenchmarkSection } from '../report';
+
+const run = promisify(execFile);
+const repoRoot = path.resolve(__dirname, '../../../..');
+const cli = path.join(repoRoot, 'dist/cli/main.js');
+const args = process.argv.slice(2);
+const sizeMib = Number(args[args.indexOf('--size-mib') + 1] || 0) || 1024;
+
+interface Job {
+  label: string;
+  rw: 'write' | 'read' | 'randwrite' | 'randread';
+  bs: string;
+  iodepth: number;
+  /** Time-based jobs loop over the device; a one-pass job measures first writes exactly. */
+  onePass?: boolean;
+}
+
+const jobs: Job[] = [
+  { label: 'first write (provisioning), seq 1M qd16', rw: 'write', bs: '1M', iodepth: 16, onePass: true },
+  { label: 'overwrite, seq 1M qd16', rw: 'write', bs: '1M', iodepth: 16 },
+  { label: 'read, seq 1M qd16', rw: 'read', bs: '1M', iodepth: 16 },
+  { label: 'overwrite, rand 4K qd16', rw: 'randwrite', bs: '4k', iodepth: 16 },
+  { label: 'read, rand 4K qd16', rw: 'randread', bs: '4k', iodepth: 16 },
+];
+
+async function fio(socket: string, job: Job): Promise<number> {
+  const timing = job.onePass ? [] : ['--time_based', '--runtime=8', '--ramp_time=1'];
+  const { stdout } = await run(
+    'fio',
+    [
+      '--name=bench',
+      '--ioengine=nbd',
+      `--uri=nbd+unix:///bench?socket=${socket}`,
+      `--rw=${job.rw}`,
+      `--bs=${job.bs}`,
+      `--iodepth=${job.iodepth}`,
+      `--size=${sizeMib}M`,
+      ...timing,
+      '--output-format=json',
+    ],
+    { maxBuffer: 64 * 1024 * 1024 },
+  );
+  const report = JSON.parse(stdout.slice(stdout.indexOf('{')));
+  const side = job.rw.includes('read') ? report.jobs[0].read : report.jobs[0].write;
+  return job.bs === '1M' ? side.bw / 1024 : side.iops;
+}
+
+async function waitFor(socket: string, child: ChildProcess): Promise<void> {
+  for (let i = 0; i < 400 && !existsSync(socket); i++) {
+    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function main(): Promise<void> {
+  const dir = await mkdtemp(path.join(process.env.BENCH_DIR ?? os.tmpdir(), 'thin-nbd-bench-'));
+  const children: ChildProcess[] = [];
+  try {
+    const env = { ...process.env, THINPOOL_LOG_LEVEL: 'warn' };
+    const pool = path.join(dir, 'pool');
+    await run(process.execPath, [cli, 'pool', 'create', pool, '--data-size', `${sizeMib * 2}M`]);
+    await run(process.execPath, [cli, 'thin', 'create', pool, '1', '--size', `${sizeMib}M`]);
+    const raw = path.join(dir, 'plain.img');
+    await writeFile(raw, '');
+    await run('truncate', ['-s', `${sizeMib}M`, raw]);
+
+    const thinSock = path.join(dir, 'thin.sock');
+    const thin = spawn(
+      process.execPath,
+      [cli, 'nbd', 'serve', pool, '--socket', thinSock, '--export', 'bench=1', '--sync-io-max', '65536'],
+      { stdio: 'ignore', env },
+    );
+    children.push(thin);
+    const fileSock = path.join(dir, 'file.sock');
+    // Both serve I/O up to 64 KiB synchronously, as in the NBD exporter benchmark.
+    const file = spawn(
+      process.execPath,
+      [path.join(__dirname, 'serve.js'), raw, '--socket', fileSock, '--sync-io-max', '65536'],
+      { stdio: 'ignore', env },
+    );
+    children.push(file);
+    await waitFor(thinSock, thin);
+    await waitFor(fileSock, file);
+
+    const rows: string[] = [];
+    const ratios: number[] = [];
+    for (const job of jobs) {
+      const ours = await fio(thinSock, job);
+      const plain = await fio(fileSock, job);
+      const unit = job.bs === '1M' ? 'MiB/s' : 'IOPS';
+      ratios.push(ours / plain);
+      rows.push(
+        `| ${job.label} | ${ours.toFixed(0)} ${unit} | ${plain.toFixed(0)} ${unit} | ${(ours / plain).toFixed(2)}× |`,
+      );
+    }
+    const worst = Math.min(...ratios);
+    const section = [
+      '## Thin device over NBD',
+      '',
+      `Run with \`bash bench/nbd/thin.sh\`, ${new Date().toISOString().slice(0, 10)}, ${machineLine()}, ${sizeMib} MiB device.`,
+      "Both exports are our NBD server on unix sockets, measured with fio's nbd engine: a thin",
+      'device of a file-backed pool (`thinpool nbd serve`) and a plain file (`FileBlockDevice`).',
+      '',
+      '| workload | thin device | plain file | thin / file |',
+      '| --- | --- | --- | --- |',
+      ...rows,
+      '',
+      `- target: thin device within 0.8× of the plain-file export: ${worst >= 0.8 ? 'met' : 'NOT met'} (worst ${worst.toFixed(2)}×)`,
+    ].join('\n');
+    process.stdout.write(section + '\n');
+    if (!args.includes('--no-docs')) updateBenchmarkSection(section);
+  } finally {
+    for (const c of children) c.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 500));
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
