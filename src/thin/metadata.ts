@@ -49,6 +49,9 @@ export class ThinMetadata {
   readonly details: BTree;
   /** Fields committed with the next superblock; roots change as trees change. */
   sb: Superblock;
+  private rootCache = { mappingRoot: -1, version: -1, roots: new Map<number, number>() };
+  /** Bumped by every change to the mapping trees. */
+  private treeVersion = 0;
   /** Device details changed in this transaction, written into the details tree at commit. */
   private readonly changedDetails = new Map<number, DeviceDetails>();
 
@@ -144,8 +147,17 @@ export class ThinMetadata {
 
   /** Root of one device's mapping tree, or undefined when the device does not exist. */
   deviceRoot(id: number, mappingRoot = this.sb.dataMappingRoot): number | undefined {
+    // Reads repeat the same top-level lookup until something changes the device trees (a root
+    // block shadowed in this transaction changes in place, so its location alone is no key).
+    if (mappingRoot !== this.rootCache.mappingRoot || this.rootCache.version !== this.treeVersion) {
+      this.rootCache = { mappingRoot, version: this.treeVersion, roots: new Map() };
+    }
+    const cached = this.rootCache.roots.get(id);
+    if (cached !== undefined) return cached;
     const v = this.devices.lookup(mappingRoot, id);
-    return v ? readU64(v, 0) : undefined;
+    const root = v ? readU64(v, 0) : undefined;
+    if (root !== undefined) this.rootCache.roots.set(id, root);
+    return root;
   }
 
   /** Anything changed since the last commit: trees, counts or pending device details. */
@@ -200,6 +212,7 @@ export class ThinMetadata {
   }
 
   createThin(id: number): void {
+    this.treeVersion++;
     this.checkNewId(id);
     const root = this.mappings.create();
     this.sb.dataMappingRoot = this.devices.insert(this.sb.dataMappingRoot, id, u64(root));
@@ -213,6 +226,7 @@ export class ThinMetadata {
 
   /** O(1): the snapshot shares the origin's mapping tree root, and the pool time moves on. */
   createSnap(id: number, originId: number): void {
+    this.treeVersion++;
     this.checkNewId(id);
     const originRoot = this.deviceRoot(originId);
     const origin = this.deviceDetails(originId);
@@ -233,6 +247,7 @@ export class ThinMetadata {
 
   /** Removes the device; blocks only it referenced are freed (snapshots of it are unaffected). */
   deleteDevice(id: number): void {
+    this.treeVersion++;
     const removed = this.devices.remove(this.sb.dataMappingRoot, id);
     if (!removed.removed) throw new DeviceNotFoundError(id);
     this.sb.dataMappingRoot = removed.root;
@@ -252,6 +267,7 @@ export class ThinMetadata {
    * caller holds on `dataBlock` (from `allocDataBlock`); a replaced block loses one.
    */
   insertMapping(id: number, vblock: number, dataBlock: number): void {
+    this.treeVersion++;
     const details = this.requireDetails(id);
     let inserted = false;
     const value = encodeMapping({ dataBlock, time: this.sb.time });
@@ -265,6 +281,7 @@ export class ThinMetadata {
 
   /** Unmaps `vblock`; returns whether it was mapped. */
   removeMapping(id: number, vblock: number): boolean {
+    this.treeVersion++;
     const details = this.requireDetails(id);
     if (!this.lookupMapping(id, vblock)) return false;
     this.sb.dataMappingRoot = this.devices.update(this.sb.dataMappingRoot, id, (old) =>
@@ -313,6 +330,7 @@ export class ThinMetadata {
    * readers of the copy keep a consistent view. Only one may be held.
    */
   reserveMetadataSnap(): number {
+    this.treeVersion++;
     if (this.sb.heldRoot) throw new MetadataSnapBusyError(this.sb.heldRoot);
     this.commit();
     const { location, data } = this.tm.newBlock(superblockValidator, 'the metadata snapshot superblock');
@@ -327,6 +345,7 @@ export class ThinMetadata {
 
   /** Drops the held metadata snapshot and every block only it referenced. */
   releaseMetadataSnap(): void {
+    this.treeVersion++;
     const held = this.sb.heldRoot;
     if (!held) throw new NoMetadataSnapError();
     const snap = ThinMetadata.readSuperblock(this.bm, held);

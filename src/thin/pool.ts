@@ -423,20 +423,27 @@ export class Pool extends EventEmitter implements DeviceHost {
     }
   }
 
-  async writeData(dataBlock: number, offsetInBlock: number, data: Buffer): Promise<void> {
-    let done = 0;
-    const base = dataBlock * this.blockBytes + offsetInBlock;
+  async writeData(dataBlock: number, offsetInBlock: number, data: Buffer | Buffer[]): Promise<void> {
+    const position = dataBlock * this.blockBytes + offsetInBlock;
     this.dataDirty = true;
-    if (data.length <= this.syncIoMaxBytes) {
-      while (done < data.length)
-        done += fs.writeSync(this.data.fd, data, done, data.length - done, base + done);
+    let parts = Array.isArray(data) ? data : [data];
+    const total = parts.reduce((n, p) => n + p.length, 0);
+    if (total <= this.syncIoMaxBytes) {
+      let done = 0;
+      for (const part of parts) {
+        for (let at = 0; at < part.length;)
+          at += fs.writeSync(this.data.fd, part, at, part.length - at, position + done + at);
+        done += part.length;
+      }
       return;
     }
-    while (done < data.length) {
-      const { bytesWritten } = await this.data.write(data, done, data.length - done, base + done);
+    // writev may write less than asked; carry on from where it stopped.
+    let done = 0;
+    while (done < total) {
+      const { bytesWritten } = await this.data.writev(parts, position + done);
       done += bytesWritten;
+      parts = skipBytes(parts, bytesWritten);
     }
-    this.dataDirty = true;
   }
 
   noteDataWrite(): void {
@@ -589,4 +596,18 @@ export class Pool extends EventEmitter implements DeviceHost {
       throw new PoolError(`device size ${sizeBytes} must be a positive multiple of 512 bytes`, 'EINVAL');
     }
   }
+}
+
+/** The pieces left after dropping the first `n` bytes. */
+function skipBytes(parts: Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const part of parts) {
+    if (n >= part.length) {
+      n -= part.length;
+      continue;
+    }
+    out.push(n > 0 ? part.subarray(n) : part);
+    n = 0;
+  }
+  return out;
 }

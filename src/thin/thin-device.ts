@@ -12,7 +12,8 @@ export interface DeviceHost {
   readonly blockBytes: number;
   readonly skipBlockZeroing: boolean;
   readData(dataBlock: number, offsetInBlock: number, into: Buffer): Promise<void>;
-  writeData(dataBlock: number, offsetInBlock: number, data: Buffer): Promise<void>;
+  /** Writes `data` (or its pieces, in order) at a place in the data file. */
+  writeData(dataBlock: number, offsetInBlock: number, data: Buffer | Buffer[]): Promise<void>;
   /** A data block with one reference; throws NoDataSpaceError when none is free now. */
   allocDataBlock(): number;
   releaseDataBlock(dataBlock: number): void;
@@ -95,7 +96,7 @@ export class ThinDevice implements BlockDevice {
 
   async write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
     this.checkWrite(offset, data.length);
-    if (data.length > this.host.blockBytes && (await this.overwriteInPlace(offset, data))) {
+    if (data.length > this.host.blockBytes && (await this.overwriteInPlace(offset, [data], data.length))) {
       if (options.fua) await this.host.flush();
       return;
     }
@@ -108,10 +109,10 @@ export class ThinDevice implements BlockDevice {
   // The common case of a large write: every block it touches is mapped, owned by this device
   // alone and laid out consecutively in the data file, so it is one write at one place.
   // Returns false (having changed nothing) when that is not so.
-  private async overwriteInPlace(offset: number, data: Buffer): Promise<boolean> {
+  private async overwriteInPlace(offset: number, parts: Buffer[], length: number): Promise<boolean> {
     const bs = this.host.blockBytes;
     const first = Math.floor(offset / bs);
-    const last = Math.floor((offset + data.length - 1) / bs);
+    const last = Math.floor((offset + length - 1) / bs);
     return this.host.gate.run(async () => {
       const releases: (() => void)[] = [];
       try {
@@ -124,12 +125,23 @@ export class ThinDevice implements BlockDevice {
           if (v === first) start = m.dataBlock;
           else if (m.dataBlock !== start + (v - first)) return false;
         }
-        await this.host.writeData(start, offset - first * bs, data);
+        await this.host.writeData(start, offset - first * bs, parts);
         return true;
       } finally {
         for (const release of releases) release();
       }
     });
+  }
+
+  /** A write that arrived in pieces: contiguous overwrites go out without joining them. */
+  async writeVectored(offset: number, parts: Buffer[], options: WriteOptions = {}): Promise<void> {
+    const length = parts.reduce((n, p) => n + p.length, 0);
+    this.checkWrite(offset, length);
+    if (length > this.host.blockBytes && (await this.overwriteInPlace(offset, parts, length))) {
+      if (options.fua) await this.host.flush();
+      return;
+    }
+    await this.write(offset, parts.length === 1 ? parts[0] : Buffer.concat(parts), options);
   }
 
   /** Whole blocks are unmapped (their data freed when unreferenced); partial blocks are zeroed. */
