@@ -1,6 +1,8 @@
 // SnapshotMetadata through gRPC: allocated and delta ranges match the engine and the bytes,
 // and the stream honours starting_offset, max_results and the ordering rules.
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { runTool, thinTool } from '../helpers/tools';
 import { MiB, type TestDriver, expectCode, grpc, mountCap, startDriver } from './helpers';
 
 const { status } = grpc;
@@ -116,6 +118,52 @@ describe('SnapshotMetadata', () => {
     );
     expect(fromRanges).toEqual(differs);
     expect(t.driver.pool!.status().heldMetadataRoot).toBeNull();
+  });
+
+  it('gives the same delta and allocation as thin_delta and thin_dump on a metadata snapshot', async () => {
+    const pool = t.driver.pool!;
+    const ids = [s1, s2].map((id) => Number(id.split(':')[1]));
+    const delta = flatten(
+      await t.metadata.stream('GetMetadataDelta', { base_snapshot_id: s1, target_snapshot_id: s2 }),
+    );
+    const allocated = flatten(await t.metadata.stream('GetMetadataAllocated', { snapshot_id: s2 }));
+    const metadata = path.join(pool.dir, 'metadata');
+    // The tools read the committed metadata through the held snapshot while the driver runs.
+    await pool.withMetadataSnap(async () => {
+      const r = await runTool(thinTool('thin_delta', '0.9'), [
+        '-m',
+        '--thin1',
+        String(ids[0]),
+        '--thin2',
+        String(ids[1]),
+        metadata,
+      ]);
+      expect(r.code).toBe(0);
+      const fromTool: Range[] = [];
+      for (const m of r.stdout.matchAll(
+        /<(different|left_only|right_only) begin="(\d+)" length="(\d+)"\/>/g,
+      )) {
+        const [begin, length] = [Number(m[2]) * block, Number(m[3]) * block];
+        const last = fromTool[fromTool.length - 1];
+        if (last && last.byte_offset + last.size_bytes === begin) last.size_bytes += length;
+        else fromTool.push({ byte_offset: begin, size_bytes: length });
+      }
+      expect(delta).toEqual(fromTool);
+      const dump = (await runTool(thinTool('thin_dump', '0.9'), ['-m', metadata])).stdout;
+      const device = dump.slice(dump.indexOf(`dev_id="${ids[1]}"`));
+      const mapped: Range[] = [];
+      for (const [element] of device
+        .slice(0, device.indexOf('</device>'))
+        .matchAll(/<(?:range|single)_mapping [^>]*\/>/g)) {
+        const begin = Number(/origin_(?:begin|block)="(\d+)"/.exec(element)![1]) * block;
+        const length = Number(/length="(\d+)"/.exec(element)?.[1] ?? 1) * block;
+        const last = mapped[mapped.length - 1];
+        if (last && last.byte_offset + last.size_bytes === begin) last.size_bytes += length;
+        else mapped.push({ byte_offset: begin, size_bytes: length });
+      }
+      expect(allocated).toEqual(mapped);
+    });
+    expect(delta.length).toBeGreaterThan(0);
   });
 
   it('runs concurrent requests one metadata snapshot at a time', async () => {
