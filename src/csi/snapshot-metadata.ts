@@ -1,31 +1,22 @@
 // SnapshotMetadata service (changed-block tracking). Ranges come from a held metadata snapshot,
 // so they form one consistent view while the pool keeps writing. Only one metadata snapshot
-// can be held per pool, so reservations are serialized by a module-level lock; the ranges are
+// can be held per pool; the pool queues its holders (`Pool.withMetadataSnap`). The ranges are
 // computed under it and the snapshot is released before anything is streamed.
 import type * as grpc from '@grpc/grpc-js';
 import type { Pool } from '../thin/pool';
 import type { DriverConfig } from './config';
 import { invalidArgument, notFound, outOfRange } from './errors';
 import { type OperationLocks, serverStream } from './handler';
-import { LABEL_SOURCE, Serial, type Store } from './store';
+import { LABEL_SOURCE, type Store } from './store';
 
 export interface ByteRange {
   byte_offset: number;
   size_bytes: number;
 }
 
-const metadataSnapLock = new Serial();
-
 /** Runs `fn` with the pool's metadata snapshot held, releasing it afterwards whatever happens. */
 export function withMetadataSnap<T>(pool: Pool, fn: () => Promise<T>): Promise<T> {
-  return metadataSnapLock.run(async () => {
-    await pool.reserveMetadataSnap();
-    try {
-      return await fn();
-    } finally {
-      await pool.releaseMetadataSnap();
-    }
-  });
+  return pool.withMetadataSnap(fn);
 }
 
 /**
