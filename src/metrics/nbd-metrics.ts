@@ -71,18 +71,33 @@ export class MeteredDevice implements BlockDevice {
     return this.measure('block_status', 0, () => this.device.blockStatus(offset, length));
   }
 
+  // Label lookups hash their label set on every call; this is the NBD hot path, so each
+  // operation's metric children are bound once.
+  private readonly bound = new Map<string, ReturnType<typeof this.bind>>();
+
+  private bind(op: string) {
+    return {
+      latency: nbdLatency.labels({ op }),
+      bytes: nbdBytes.labels({ export: this.exportName, op }),
+      ok: nbdOperations.labels({ export: this.exportName, op, result: 'ok' }),
+      error: nbdOperations.labels({ export: this.exportName, op, result: 'error' }),
+    };
+  }
+
   private async measure<T>(op: string, bytes: number, fn: () => Promise<T>): Promise<T> {
-    const stop = nbdLatency.startTimer({ op });
+    let m = this.bound.get(op);
+    if (!m) this.bound.set(op, (m = this.bind(op)));
+    const started = process.hrtime.bigint();
     try {
       const result = await fn();
-      if (bytes) nbdBytes.inc({ export: this.exportName, op }, bytes);
-      nbdOperations.inc({ export: this.exportName, op, result: 'ok' });
+      if (bytes) m.bytes.inc(bytes);
+      m.ok.inc();
       return result;
     } catch (e) {
-      nbdOperations.inc({ export: this.exportName, op, result: 'error' });
+      m.error.inc();
       throw e;
     } finally {
-      stop();
+      m.latency.observe(Number(process.hrtime.bigint() - started) / 1e9);
     }
   }
 }

@@ -45,6 +45,8 @@ export function deviceExport(pool: Pool, options: DeviceExportOptions): ExportDe
     access: options.access ?? { kind: 'open' },
     metaContexts,
     fastZero: true,
-    sparseReads: true,
+    // Holes as OFFSET_HOLE chunks cost a block-status lookup per READ: worth it for snapshot
+    // readers (backup, copies), not for a volume's hot path.
+    sparseReads: options.readOnly,
   };
 }

@@ -52,6 +52,18 @@ export class IoGate {
 export class KeyedLocks {
   private readonly tails = new Map<number, Promise<void>>();
 
+  /** The lock at once when nobody holds or awaits it (no promise, no microtask turn). */
+  tryAcquire(key: number): (() => void) | undefined {
+    if (this.tails.has(key)) return undefined;
+    let release!: () => void;
+    const tail = new Promise<void>((r) => (release = r));
+    this.tails.set(key, tail);
+    return () => {
+      release();
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    };
+  }
+
   async acquire(key: number): Promise<() => void> {
     const previous = this.tails.get(key);
     let release!: () => void;

@@ -117,7 +117,8 @@ export class ThinDevice implements BlockDevice {
       const releases: (() => void)[] = [];
       try {
         // Ascending order, and single-block operations never hold one lock while taking another.
-        for (let v = first; v <= last; v++) releases.push(await this.locks.acquire(v));
+        for (let v = first; v <= last; v++)
+          releases.push(this.locks.tryAcquire(v) ?? (await this.locks.acquire(v)));
         let start = -1;
         for (let v = first; v <= last; v++) {
           const m = this.host.md.lookupMapping(this.id, v);
@@ -172,6 +173,14 @@ export class ThinDevice implements BlockDevice {
       if (last && last.hole === hole && last.offset + last.length === from) last.length += to - from;
       else extents.push({ offset: from, length: to - from, hole, zero: hole });
     };
+    const firstBlock = Math.floor(offset / bs);
+    if (firstBlock === Math.floor((end - 1) / bs)) {
+      // Within one block (the usual small read): one lookup instead of a range walk.
+      const mapped = await this.host.gate.run(
+        async () => this.host.md.lookupMapping(this.id, firstBlock) !== undefined,
+      );
+      return [{ offset, length, hole: !mapped, zero: !mapped }];
+    }
     await this.host.gate.run(async () => {
       let cursor = Math.floor(offset / bs) * bs;
       for (const [vblock] of this.mappedBlocks(Math.floor(offset / bs), Math.ceil(end / bs))) {
