@@ -56,7 +56,7 @@ export async function callCsi(argv: {
     throw new CommandFailed(`the request is not JSON: ${(e as Error).message}`);
   }
   const Client = csiServices()[service];
-  const client = new Client(`unix://${argv.endpoint}`, grpc.credentials.createInsecure());
+  const client = new Client(`unix://${path.resolve(argv.endpoint)}`, grpc.credentials.createInsecure());
   const deadline = new Date(Date.now() + argv.timeout * 1000);
   const fn = (client as unknown as Record<string, (...args: unknown[]) => unknown>)[argv.method].bind(client);
   try {
