@@ -138,6 +138,13 @@ async function attachKernel(grant: Grant): Promise<Attachment> {
       '-nonetlink',
       ...(grant.readOnly ? ['-readonly'] : []),
     ]);
+    // In ioctl mode nbd-client returns before the kernel has the device's size (it is set when
+    // the forked client enters NBD_DO_IT): wait for it, or mkfs would see an empty device.
+    const sizeFile = `/sys/block/${path.basename(device)}/size`;
+    for (let i = 0; Number(fs.readFileSync(sizeFile, 'utf8').trim()) === 0; i++) {
+      if (i >= 200) throw new Error(`${device} still has no size 10 s after nbd-client connected`);
+      await sleep(50);
+    }
     return { method: 'kernel' as const, device };
   });
 }
