@@ -94,7 +94,7 @@ export class ExportGrants {
         access,
         readOnly: record.readonly,
         fastZero: true,
-        sparseReads: true,
+        sparseReads: record.readonly,
       });
     }
     if (!this.nbd.exports.get(`${name}.grow`)) {
@@ -107,7 +107,7 @@ export class ExportGrants {
         access,
         readOnly: record.readonly,
         fastZero: true,
-        sparseReads: true,
+        sparseReads: record.readonly,
       });
     }
     return {
