@@ -9,6 +9,7 @@ import { formatSize } from '../util/size';
 import { Catalogue, CatalogueEntry } from './catalogue';
 import { DeltaRange, MappedRange, allocatedRanges, deltaRanges } from './delta';
 import { OutOfDataSpaceError, PoolError, PoolReadOnlyError } from './errors';
+import { blockRunsToExtents } from './extents';
 import { IoGate } from './io-gate';
 import { DeviceDetails, MAX_DEVICE_ID } from './mapping';
 import { DeviceExistsError, DeviceNotFoundError, ThinMetadata } from './metadata';
@@ -304,23 +305,11 @@ export class Pool extends EventEmitter implements DeviceHost {
     const ranges = await this.gate.run(async () =>
       deltaRanges(this.md, this.viewFor(options), base, target, first, Math.ceil(end / bs)),
     );
-    const out: { offset: number; length: number; changed: boolean }[] = [];
-    const push = (from: number, to: number, changed: boolean) => {
-      from = Math.max(from, offset);
-      to = Math.min(to, end);
-      if (to <= from) return;
-      const last = out[out.length - 1];
-      if (last && last.changed === changed && last.offset + last.length === from) last.length += to - from;
-      else out.push({ offset: from, length: to - from, changed });
-    };
-    let cursor = offset;
-    for (const r of ranges) {
-      push(cursor, r.begin * bs, false);
-      push(r.begin * bs, (r.begin + r.length) * bs, true);
-      cursor = (r.begin + r.length) * bs;
-    }
-    push(cursor, end, false);
-    return out;
+    return blockRunsToExtents(ranges, bs, offset, length).map((e) => ({
+      offset: e.offset,
+      length: e.length,
+      changed: e.marked,
+    }));
   }
 
   async allocated(id: number, options: { useMetadataSnap?: boolean } = {}): Promise<MappedRange[]> {

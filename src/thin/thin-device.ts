@@ -1,5 +1,6 @@
 import { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../block-device';
 import { NoDataSpaceError } from '../pdata/errors';
+import { blockRunsToExtents } from './extents';
 import { IoGate, KeyedLocks } from './io-gate';
 import { DeviceRangeError, PoolReadOnlyError } from './errors';
 import { Mapping } from './mapping';
@@ -163,34 +164,26 @@ export class ThinDevice implements BlockDevice {
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     this.checkRange(offset, length);
     const bs = this.host.blockBytes;
-    const end = offset + length;
-    const extents: Extent[] = [];
-    const push = (from: number, to: number, hole: boolean) => {
-      from = Math.max(from, offset);
-      to = Math.min(to, end);
-      if (to <= from) return;
-      const last = extents[extents.length - 1];
-      if (last && last.hole === hole && last.offset + last.length === from) last.length += to - from;
-      else extents.push({ offset: from, length: to - from, hole, zero: hole });
-    };
-    const firstBlock = Math.floor(offset / bs);
-    if (firstBlock === Math.floor((end - 1) / bs)) {
+    const first = Math.floor(offset / bs);
+    const end = Math.ceil((offset + length) / bs);
+    if (end - first === 1) {
       // Within one block (the usual small read): one lookup instead of a range walk.
       const mapped = await this.host.gate.run(
-        async () => this.host.md.lookupMapping(this.id, firstBlock) !== undefined,
+        async () => this.host.md.lookupMapping(this.id, first) !== undefined,
       );
       return [{ offset, length, hole: !mapped, zero: !mapped }];
     }
-    await this.host.gate.run(async () => {
-      let cursor = Math.floor(offset / bs) * bs;
-      for (const [vblock] of this.mappedBlocks(Math.floor(offset / bs), Math.ceil(end / bs))) {
-        push(cursor, vblock * bs, true);
-        push(vblock * bs, (vblock + 1) * bs, false);
-        cursor = (vblock + 1) * bs;
-      }
-      push(cursor, end, true);
+    const runs = await this.host.gate.run(async () => {
+      const mapped: { begin: number; length: number }[] = [];
+      for (const [vblock] of this.mappedBlocks(first, end)) mapped.push({ begin: vblock, length: 1 });
+      return mapped;
     });
-    return extents;
+    return blockRunsToExtents(runs, bs, offset, length).map((e) => ({
+      offset: e.offset,
+      length: e.length,
+      hole: !e.marked,
+      zero: !e.marked,
+    }));
   }
 
   /** Mapped virtual blocks in [first, end), in order. */
