@@ -50,7 +50,7 @@ export class ThinMetadata {
   /** Fields committed with the next superblock; roots change as trees change. */
   sb: Superblock;
   private rootCache = { mappingRoot: -1, version: -1, roots: new Map<number, number>() };
-  /** Bumped by every change to the mapping trees. */
+  /** Bumped each time a changed mapping tree is stored (see `setMappingRoot`). */
   private treeVersion = 0;
   /** Device details changed in this transaction, written into the details tree at commit. */
   private readonly changedDetails = new Map<number, DeviceDetails>();
@@ -193,6 +193,14 @@ export class ThinMetadata {
 
   // ---- devices (the kernel's dm-thin-metadata operations) ----
 
+  // Every change to the live device trees ends here, after the change: a root block shadowed in
+  // this transaction changes in place, so the lookup cache must forget on every store, not only
+  // when the location moves.
+  private setMappingRoot(root: number): void {
+    this.sb.dataMappingRoot = root;
+    this.treeVersion++;
+  }
+
   deviceExists(id: number): boolean {
     return this.deviceRoot(id) !== undefined;
   }
@@ -212,10 +220,9 @@ export class ThinMetadata {
   }
 
   createThin(id: number): void {
-    this.treeVersion++;
     this.checkNewId(id);
     const root = this.mappings.create();
-    this.sb.dataMappingRoot = this.devices.insert(this.sb.dataMappingRoot, id, u64(root));
+    this.setMappingRoot(this.devices.insert(this.sb.dataMappingRoot, id, u64(root)));
     this.changedDetails.set(id, {
       mappedBlocks: 0,
       transactionId: this.sb.transactionId,
@@ -226,7 +233,6 @@ export class ThinMetadata {
 
   /** O(1): the snapshot shares the origin's mapping tree root, and the pool time moves on. */
   createSnap(id: number, originId: number): void {
-    this.treeVersion++;
     this.checkNewId(id);
     const originRoot = this.deviceRoot(originId);
     const origin = this.deviceDetails(originId);
@@ -234,7 +240,7 @@ export class ThinMetadata {
     if (this.sb.time >= MAX_TIME)
       throw new RangeError(`pool time would pass 2^24 - 1; no more snapshots possible`);
     this.tm.inc(originRoot);
-    this.sb.dataMappingRoot = this.devices.insert(this.sb.dataMappingRoot, id, u64(originRoot));
+    this.setMappingRoot(this.devices.insert(this.sb.dataMappingRoot, id, u64(originRoot)));
     this.sb.time++;
     this.changedDetails.set(id, {
       mappedBlocks: origin.mappedBlocks,
@@ -247,10 +253,9 @@ export class ThinMetadata {
 
   /** Removes the device; blocks only it referenced are freed (snapshots of it are unaffected). */
   deleteDevice(id: number): void {
-    this.treeVersion++;
     const removed = this.devices.remove(this.sb.dataMappingRoot, id);
     if (!removed.removed) throw new DeviceNotFoundError(id);
-    this.sb.dataMappingRoot = removed.root;
+    this.setMappingRoot(removed.root);
     this.sb.deviceDetailsRoot = this.details.remove(this.sb.deviceDetailsRoot, id).root;
     this.changedDetails.delete(id);
   }
@@ -267,25 +272,27 @@ export class ThinMetadata {
    * caller holds on `dataBlock` (from `allocDataBlock`); a replaced block loses one.
    */
   insertMapping(id: number, vblock: number, dataBlock: number): void {
-    this.treeVersion++;
     const details = this.requireDetails(id);
     let inserted = false;
     const value = encodeMapping({ dataBlock, time: this.sb.time });
-    this.sb.dataMappingRoot = this.devices.update(this.sb.dataMappingRoot, id, (old) => {
-      const r = this.mappings.insertReporting(readU64(old!, 0), vblock, value);
-      inserted = r.inserted;
-      return u64(r.root);
-    });
+    this.setMappingRoot(
+      this.devices.update(this.sb.dataMappingRoot, id, (old) => {
+        const r = this.mappings.insertReporting(readU64(old!, 0), vblock, value);
+        inserted = r.inserted;
+        return u64(r.root);
+      }),
+    );
     if (inserted) this.changedDetails.set(id, { ...details, mappedBlocks: details.mappedBlocks + 1 });
   }
 
   /** Unmaps `vblock`; returns whether it was mapped. */
   removeMapping(id: number, vblock: number): boolean {
-    this.treeVersion++;
     const details = this.requireDetails(id);
     if (!this.lookupMapping(id, vblock)) return false;
-    this.sb.dataMappingRoot = this.devices.update(this.sb.dataMappingRoot, id, (old) =>
-      u64(this.mappings.remove(readU64(old!, 0), vblock).root),
+    this.setMappingRoot(
+      this.devices.update(this.sb.dataMappingRoot, id, (old) =>
+        u64(this.mappings.remove(readU64(old!, 0), vblock).root),
+      ),
     );
     this.changedDetails.set(id, { ...details, mappedBlocks: details.mappedBlocks - 1 });
     return true;
@@ -330,7 +337,6 @@ export class ThinMetadata {
    * readers of the copy keep a consistent view. Only one may be held.
    */
   reserveMetadataSnap(): number {
-    this.treeVersion++;
     if (this.sb.heldRoot) throw new MetadataSnapBusyError(this.sb.heldRoot);
     this.commit();
     const { location, data } = this.tm.newBlock(superblockValidator, 'the metadata snapshot superblock');
@@ -345,7 +351,6 @@ export class ThinMetadata {
 
   /** Drops the held metadata snapshot and every block only it referenced. */
   releaseMetadataSnap(): void {
-    this.treeVersion++;
     const held = this.sb.heldRoot;
     if (!held) throw new NoMetadataSnapError();
     const snap = ThinMetadata.readSuperblock(this.bm, held);

@@ -191,10 +191,11 @@ export class Pool extends EventEmitter implements DeviceHost {
       createdAt: new Date().toISOString(),
       labels: options.labels ?? {},
     };
-    const chosen = await this.changeDeviceSet('create', id, entry, (newId) =>
-      this.md.createSnap(newId, originId),
-    );
-    this.open.get(originId)?.refreshSharing();
+    // The origin's writers must see its blocks as shared before any other I/O may run.
+    const chosen = await this.changeDeviceSet('create', id, entry, (newId) => {
+      this.md.createSnap(newId, originId);
+      this.open.get(originId)?.refreshSharing();
+    });
     return this.deviceInfo(chosen);
   }
 
