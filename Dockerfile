@@ -16,6 +16,14 @@ COPY src ./src
 RUN npm run build \
  && npm prune --omit=dev --no-audit --no-fund --loglevel=error
 
+# ---- native: the kernel NBD reconnection helper (native/nbd-reconnect.c) ----
+FROM debian:bookworm-slim AS native
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev linux-libc-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY native/nbd-reconnect.c /src/
+RUN gcc -O2 -Wall -Wextra -o /usr/local/bin/nbd-reconnect /src/nbd-reconnect.c
+
 # ---- runtime: production dependencies and the host tools the driver runs ----
 FROM ${NODE_IMAGE}
 ARG VERSION=0.1.0
@@ -31,7 +39,7 @@ LABEL org.opencontainers.image.title="thinpool-csi" \
 
 # nbd-client (kernel NBD attach), libnbd-bin (nbdinfo, nbdfuse), fuse3 (fusermount3), util-linux and
 # mount (blkid, blockdev, losetup, mount), e2fsprogs and xfsprogs (mkfs, grow), thin-provisioning-tools
-# (thin_check & co. for operators). perl-base, used for two ioctls, is already in the base image.
+# (thin_check & co. for operators). perl-base, used for the loop ioctls, is already in the base image.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       nbd-client libnbd-bin fuse3 util-linux mount e2fsprogs xfsprogs thin-provisioning-tools ca-certificates \
@@ -43,6 +51,8 @@ COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
 COPY --from=build /src/proto ./proto
+# The node plugin runs it beside every kernel NBD attachment (docs/node.md).
+COPY --from=native /usr/local/bin/nbd-reconnect /usr/local/bin/nbd-reconnect
 
 # For `docker run ... serve --metrics-listen 0.0.0.0:9810`; Kubernetes ignores it and uses the
 # livenessprobe sidecar instead. THINPOOL_HEALTH_PORT names another port.

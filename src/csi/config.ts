@@ -14,7 +14,7 @@ export const TOPOLOGY_NODE_KEY = 'topology.thinpool.csi.dev/node';
 export interface DriverConfig {
   driverName: string;
   role: Role;
-  /** CSI endpoint: a unix socket path. */
+  /** CSI endpoint: a unix socket (path or unix:///path) or tcp://host:port. */
   endpoint: string;
   /** Name of the pool, part of every volume and snapshot id. */
   poolName: string;
@@ -34,6 +34,12 @@ export interface DriverConfig {
   /** Staging and target paths must lie below one of these. */
   kubeletDirs: string[];
   attachMethod: AttachMethod;
+  /** Kernel attach: nbd-client's request timeout (-t). */
+  nbdRequestTimeoutSeconds: number;
+  /** Kernel attach: how long I/O waits for a reconnection before it fails. */
+  nbdDeadConnectionTimeoutSeconds: number;
+  /** Kernel attach: the nbd-reconnect program (native/nbd-reconnect.c). */
+  nbdReconnectHelper: string;
   defaultFsType: 'ext4' | 'xfs';
   blockMetadataType: BlockMetadataTypeName;
   /** Σ volume sizes may reach this multiple of the pool's data size. */
@@ -68,6 +74,9 @@ export function defaultConfig(overrides: Partial<DriverConfig> = {}): DriverConf
     stateDir: path.join(varDir, 'node'),
     kubeletDirs: ['/var/lib/kubelet', varDir],
     attachMethod: 'auto',
+    nbdRequestTimeoutSeconds: 30,
+    nbdDeadConnectionTimeoutSeconds: 600,
+    nbdReconnectHelper: 'nbd-reconnect',
     defaultFsType: 'ext4',
     blockMetadataType: 'VARIABLE_LENGTH',
     maxOverprovisionRatio: 10,

@@ -10,6 +10,7 @@ import { startMetricsServer } from '../metrics/http';
 import { registerNbdServerMetrics } from '../metrics/nbd-metrics';
 import { registerPoolMetrics } from '../metrics/pool-metrics';
 import type http from 'node:http';
+import { describeEndpoint, grpcAddress, parseCsiEndpoint } from './endpoint';
 import { type DriverConfig, runsController, runsNode } from './config';
 import { ControllerService } from './controller';
 import { ExportGrants } from './exports';
@@ -72,15 +73,18 @@ export class Driver {
       this.server.addService(services.Controller.service, proxy(services.Controller.service));
       this.server.addService(services.SnapshotMetadata.service, proxy(services.SnapshotMetadata.service));
     }
-    fs.mkdirSync(path.dirname(this.config.endpoint), { recursive: true });
-    fs.rmSync(this.config.endpoint, { force: true });
+    const endpoint = parseCsiEndpoint(this.config.endpoint);
+    if (endpoint.kind === 'unix') {
+      fs.mkdirSync(path.dirname(endpoint.path), { recursive: true });
+      fs.rmSync(endpoint.path, { force: true });
+    }
     await new Promise<void>((resolve, reject) =>
-      this.server.bindAsync(`unix://${this.config.endpoint}`, grpc.ServerCredentials.createInsecure(), (e) =>
-        e ? reject(e) : resolve(),
+      this.server.bindAsync(grpcAddress(endpoint), grpc.ServerCredentials.createInsecure(), (e) =>
+        e ? reject(new Error(`CSI endpoint ${describeEndpoint(endpoint)}: ${e.message}`)) : resolve(),
       ),
     );
     log.info('CSI endpoint listening', {
-      endpoint: this.config.endpoint,
+      endpoint: describeEndpoint(endpoint),
       role: this.config.role,
       driver: this.config.driverName,
     });
@@ -138,7 +142,8 @@ export class Driver {
     await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
     await this.nbd?.close(2000);
     await this.pool?.close();
-    fs.rmSync(this.config.endpoint, { force: true });
+    const endpoint = parseCsiEndpoint(this.config.endpoint);
+    if (endpoint.kind === 'unix') fs.rmSync(endpoint.path, { force: true });
     log.info('driver stopped');
   }
 }

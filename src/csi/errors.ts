@@ -2,6 +2,7 @@
 // handler becomes a gRPC status.
 import { status } from '@grpc/grpc-js';
 import { ExecError } from '../exec';
+import { AttachError, type AttachFailure } from '../node/attach';
 import { PoolError } from '../thin/errors';
 import { DeviceExistsError, DeviceNotFoundError, MetadataSnapBusyError } from '../thin/metadata';
 
@@ -37,6 +38,14 @@ const byErrno: Record<PoolError['errno'], status> = {
   EIO: status.INTERNAL,
 };
 
+// A refused export means the grant is gone or wrong (the CO must publish again); an absent
+// server may come back.
+const attachCodes: Record<AttachFailure, status> = {
+  refused: status.FAILED_PRECONDITION,
+  unreachable: status.UNAVAILABLE,
+  failed: status.INTERNAL,
+};
+
 /** The gRPC code and message for anything a handler threw. */
 export function toStatus(error: unknown): { code: status; details: string } {
   if (error instanceof CsiError) return { code: error.code, details: error.message };
@@ -44,6 +53,7 @@ export function toStatus(error: unknown): { code: status; details: string } {
   if (error instanceof DeviceNotFoundError) return { code: status.NOT_FOUND, details: error.message };
   if (error instanceof DeviceExistsError) return { code: status.ALREADY_EXISTS, details: error.message };
   if (error instanceof MetadataSnapBusyError) return { code: status.ABORTED, details: error.message };
+  if (error instanceof AttachError) return { code: attachCodes[error.reason], details: error.message };
   if (error instanceof ExecError) return { code: status.INTERNAL, details: error.message };
   const message = error instanceof Error ? error.message : String(error);
   return { code: status.INTERNAL, details: message };

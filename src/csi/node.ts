@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
-import { type Grant, attach, chooseMethod, detach, growAttachment } from '../node/attach';
+import { type Grant, type KernelOptions, attach, chooseMethod, detach, growAttachment } from '../node/attach';
 import {
   type FsType,
   deviceSizeBytes,
@@ -39,6 +39,14 @@ export class NodeService {
 
   constructor(private readonly config: DriverConfig) {
     this.state = new NodeState(config.stateDir);
+  }
+
+  private kernelOptions(): KernelOptions {
+    return {
+      requestTimeoutSeconds: this.config.nbdRequestTimeoutSeconds,
+      deadConnectionTimeoutSeconds: this.config.nbdDeadConnectionTimeoutSeconds,
+      reconnectHelper: this.config.nbdReconnectHelper,
+    };
   }
 
   /** Paths from the CO must stay inside the kubelet directories we were configured with. */
@@ -91,7 +99,7 @@ export class NodeService {
       readOnly: ctx[CTX_READONLY] === 'true' || isReadOnlyMode(cap),
     };
     const method = chooseMethod(this.config.attachMethod);
-    const attachment = await attach(grant, method, this.state.workDir(req.volume_id));
+    const attachment = await attach(grant, method, this.state.workDir(req.volume_id), this.kernelOptions());
     const staged: StagedVolume = {
       volumeId: req.volume_id,
       stagingPath,
@@ -230,7 +238,7 @@ export class NodeService {
     staging_target_path: string;
   }): Promise<object> {
     const staged = await this.stagedFor(req.volume_id, req.volume_path);
-    const size = await growAttachment(staged.attachment, staged.grant);
+    const size = await growAttachment(staged.attachment, staged.grant, this.kernelOptions());
     const wanted = req.capacity_range?.required_bytes ?? 0;
     if (wanted > size)
       throw failedPrecondition(

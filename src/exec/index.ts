@@ -19,6 +19,13 @@ export interface RunOptions {
   okExitCodes?: number[];
   /** Log at debug instead of info (for polling commands). */
   quiet?: boolean;
+  /** Strings (access secrets in export names) never to show in logs or errors. */
+  secrets?: string[];
+}
+
+/** Replaces every secret in a text with "…". */
+export function scrub(text: string, secrets: readonly string[] = []): string {
+  return secrets.filter(Boolean).reduce((t, secret) => t.split(secret).join('…'), text);
 }
 
 export interface RunResult {
@@ -50,6 +57,7 @@ function environment(extra?: Record<string, string>): NodeJS.ProcessEnv {
 export function run(command: string, args: string[], options: RunOptions = {}): Promise<RunResult> {
   const started = Date.now();
   const ok = options.okExitCodes ?? [0];
+  const shown = args.map((a) => scrub(a, options.secrets));
   return new Promise((resolve, reject) => {
     const child = execFile(
       command,
@@ -64,7 +72,7 @@ export function run(command: string, args: string[], options: RunOptions = {}): 
         const exitCode = error === null ? 0 : typeof error.code === 'number' ? error.code : null;
         const ms = Date.now() - started;
         if (exitCode !== null && ok.includes(exitCode)) {
-          log.log(options.quiet ? 'debug' : 'info', 'ran', { command, args, exitCode, ms });
+          log.log(options.quiet ? 'debug' : 'info', 'ran', { command, args: shown, exitCode, ms });
           resolve({ stdout, stderr, exitCode });
           return;
         }
@@ -74,8 +82,15 @@ export function run(command: string, args: string[], options: RunOptions = {}): 
             : exitCode === null
               ? `could not run (${error?.message ?? 'unknown error'})`
               : `exit code ${exitCode}`;
-        log.warn('command failed', { command, args, exitCode, reason, stderr: stderr.trim().slice(0, 2000) });
-        reject(new ExecError(command, args, exitCode, stderr, stdout, reason));
+        const err = scrub(stderr, options.secrets);
+        log.warn('command failed', {
+          command,
+          args: shown,
+          exitCode,
+          reason,
+          stderr: err.trim().slice(0, 2000),
+        });
+        reject(new ExecError(command, shown, exitCode, err, scrub(stdout, options.secrets), reason));
       },
     );
     if (options.input !== undefined) child.stdin?.end(options.input);
@@ -106,11 +121,22 @@ export async function runJson<T>(command: string, args: string[], options: RunOp
 export async function spawnDetached(
   command: string,
   args: string[],
-  options: { logFile: string; ready: () => boolean; timeoutMs?: number },
+  options: {
+    logFile: string;
+    ready: () => boolean;
+    timeoutMs?: number;
+    env?: Record<string, string>;
+    secrets?: string[];
+  },
 ): Promise<number> {
-  log.info('starting', { command, args });
+  const shown = args.map((a) => scrub(a, options.secrets));
+  log.info('starting', { command, args: shown });
   const out = fs.openSync(options.logFile, 'a');
-  const child = spawn(command, args, { detached: true, stdio: ['ignore', out, out], env: environment() });
+  const child = spawn(command, args, {
+    detached: true,
+    stdio: ['ignore', out, out],
+    env: environment(options.env),
+  });
   fs.closeSync(out);
   let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   let spawnError: Error | undefined;
@@ -119,17 +145,25 @@ export async function spawnDetached(
   child.unref();
   const deadline = Date.now() + (options.timeoutMs ?? 20_000);
   for (;;) {
-    if (spawnError) throw new ExecError(command, args, null, '', '', `could not run (${spawnError.message})`);
+    if (spawnError)
+      throw new ExecError(command, shown, null, '', '', `could not run (${spawnError.message})`);
     if (exit) {
       const stderr = fs.existsSync(options.logFile)
-        ? fs.readFileSync(options.logFile, 'utf8').slice(-2000)
+        ? scrub(fs.readFileSync(options.logFile, 'utf8').slice(-2000), options.secrets)
         : '';
-      throw new ExecError(command, args, exit.code, stderr, '', `exited early (${exit.code ?? exit.signal})`);
+      throw new ExecError(
+        command,
+        shown,
+        exit.code,
+        stderr,
+        '',
+        `exited early (${exit.code ?? exit.signal})`,
+      );
     }
     if (options.ready()) return child.pid!;
     if (Date.now() > deadline) {
       child.kill('SIGTERM');
-      throw new ExecError(command, args, null, '', '', 'did not become ready in time');
+      throw new ExecError(command, shown, null, '', '', 'did not become ready in time');
     }
     await new Promise((resolve) => setTimeout(resolve, 50));
   }

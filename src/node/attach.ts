@@ -1,5 +1,6 @@
 // Turning an NBD export into a local block device. Two ways:
-// - kernel: `nbd-client` on /dev/nbdN, when the nbd module is loaded (the production path);
+// - kernel: `nbd-client` on /dev/nbdN, when the nbd module is loaded (the production path),
+//   with nbd-reconnect beside it to survive restarts of the NBD server;
 // - nbdfuse: `nbdfuse` exposes the export as a file on a FUSE mount, `losetup` makes it a
 //   loop device. The file's size is fixed while nbdfuse runs, so this path opens the grant's
 //   growable view (a large window onto the volume) and caps the loop device at the volume's
@@ -7,7 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { logger } from '../log';
-import { processAlive, run, spawnDetached } from '../exec';
+import { ExecError, processAlive, run, scrub, spawnDetached } from '../exec';
 
 const log = logger('attach');
 
@@ -29,6 +30,45 @@ export interface Attachment {
   /** nbdfuse: where the FUSE file system is mounted, and its pid. */
   fuseDir?: string;
   fusePid?: number;
+  /** kernel: the pid of the device's nbd-reconnect. */
+  helperPid?: number;
+}
+
+/** Why attaching failed, in terms the CSI layer turns into a status code. */
+export type AttachFailure = 'refused' | 'unreachable' | 'failed';
+
+/** An attach that failed; the message names the export without its secret. */
+export class AttachError extends Error {
+  constructor(
+    readonly reason: AttachFailure,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'AttachError';
+  }
+}
+
+/** The access secret in an export name (`<export>/<secret>`), kept out of logs and errors. */
+export function secretOf(exportName: string): string[] {
+  const cut = exportName.lastIndexOf('/');
+  return cut > 0 ? [exportName.slice(cut + 1), encodeURIComponent(exportName.slice(cut + 1))] : [];
+}
+
+// nbd-client's and nbdinfo's words for a server that refused the export or was not there.
+const REFUSED = /no such export|not found|permission denied|access denied|EPERM|EACCES/i;
+const UNREACHABLE = /connection refused|timed out|no route|unreachable|could not resolve|name or service/i;
+
+function attachError(what: string, grant: Grant, e: unknown): AttachError {
+  const text = e instanceof ExecError ? e.stderr.trim() || e.reason : (e as Error).message;
+  // nbd-client ends its complaint with a line "Exiting."
+  const detail = text.replace(/\s*\n\s*/g, ' ').replace(/\s*Exiting\.$/, '');
+  const reason: AttachFailure = REFUSED.test(detail)
+    ? 'refused'
+    : UNREACHABLE.test(detail)
+      ? 'unreachable'
+      : 'failed';
+  const name = scrub(grant.exportName, secretOf(grant.exportName));
+  return new AttachError(reason, `${what} of export ${name} from ${grant.endpoint} failed: ${detail}`);
 }
 
 export function kernelNbdAvailable(): boolean {
@@ -55,6 +95,9 @@ export function nbdUri(endpoint: string, exportName: string): string {
 export async function exportSizeBytes(grant: Grant): Promise<number> {
   const { stdout } = await run('nbdinfo', ['--size', nbdUri(grant.endpoint, grant.exportName)], {
     quiet: true,
+    secrets: secretOf(grant.exportName),
+  }).catch((e: unknown) => {
+    throw attachError('asking the size', grant, e);
   });
   return Number(stdout.trim());
 }
@@ -71,8 +114,23 @@ async function sleep(ms: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-export async function attach(grant: Grant, method: Method, workDir: string): Promise<Attachment> {
-  return method === 'kernel' ? attachKernel(grant) : attachFuse(grant, workDir);
+/** How kernel attachments deal with a connection to the NBD server that dies. */
+export interface KernelOptions {
+  /** nbd-client -t: a request unanswered this long marks the connection dead and is requeued. */
+  requestTimeoutSeconds: number;
+  /** While no connection is alive, I/O waits this long for the helper to reconnect, then fails. */
+  deadConnectionTimeoutSeconds: number;
+  /** The nbd-reconnect program (a name looked up in PATH, or a path). */
+  reconnectHelper: string;
+}
+
+export async function attach(
+  grant: Grant,
+  method: Method,
+  workDir: string,
+  kernel: KernelOptions,
+): Promise<Attachment> {
+  return method === 'kernel' ? attachKernel(grant, workDir, kernel) : attachFuse(grant, workDir);
 }
 
 async function attachFuse(grant: Grant, workDir: string): Promise<Attachment> {
@@ -91,6 +149,9 @@ async function attachFuse(grant: Grant, workDir: string): Promise<Attachment> {
   const fusePid = await spawnDetached('nbdfuse', args, {
     logFile: path.join(workDir, 'nbdfuse.log'),
     ready: () => fs.existsSync(pidFile),
+    secrets: secretOf(grant.growableExportName),
+  }).catch((e: unknown) => {
+    throw attachError('nbdfuse', grant, e);
   });
   try {
     const device = await serialLoop(async () => {
@@ -122,31 +183,80 @@ async function freeNbdDevice(): Promise<string> {
   throw new Error('no free /dev/nbdN device (load nbd with more nbds_max)');
 }
 
-async function attachKernel(grant: Grant): Promise<Attachment> {
+/**
+ * Attaches through netlink (nbd-client's default mode) with a request timeout, then starts
+ * nbd-reconnect for the device: it sets the dead-connection timeout and hands the kernel a
+ * new socket whenever the connection dies, so a restart of the NBD server stalls I/O instead
+ * of failing it (docs/node.md).
+ */
+async function attachKernel(grant: Grant, workDir: string, opts: KernelOptions): Promise<Attachment> {
   const { host, port } = splitEndpoint(grant.endpoint);
   return serialLoop(async () => {
     const device = await freeNbdDevice();
-    // -nonetlink: the ioctl interface, so NBD_SET_SIZE can grow the device later.
-    await run('nbd-client', [
-      host,
-      port,
-      device,
-      '-N',
-      grant.exportName,
-      '-b',
-      '4096',
-      '-nonetlink',
+    // prettier-ignore
+    const args = [
+      host, port, device, '-N', grant.exportName, '-b', '4096', '-t', String(opts.requestTimeoutSeconds),
       ...(grant.readOnly ? ['-readonly'] : []),
-    ]);
-    // In ioctl mode nbd-client returns before the kernel has the device's size (it is set when
-    // the forked client enters NBD_DO_IT): wait for it, or mkfs would see an empty device.
-    const sizeFile = `/sys/block/${path.basename(device)}/size`;
-    for (let i = 0; Number(fs.readFileSync(sizeFile, 'utf8').trim()) === 0; i++) {
-      if (i >= 200) throw new Error(`${device} still has no size 10 s after nbd-client connected`);
-      await sleep(50);
+    ];
+    await run('nbd-client', args, { secrets: secretOf(grant.exportName) }).catch((e: unknown) => {
+      throw attachError(`nbd-client attach to ${device}`, grant, e);
+    });
+    try {
+      await waitForSize(device);
+      const helperLog = path.join(workDir, 'nbd-reconnect.log');
+      fs.writeFileSync(helperLog, '');
+      const helperPid = await spawnDetached(
+        opts.reconnectHelper,
+        ['-D', String(opts.deadConnectionTimeoutSeconds), String(nbdIndex(device)), host, port, '-'],
+        {
+          logFile: helperLog,
+          env: { NBD_EXPORT_NAME: grant.exportName },
+          secrets: secretOf(grant.exportName),
+          ready: () => fs.readFileSync(helperLog, 'utf8').includes('watching'),
+        },
+      ).catch((e: Error) => {
+        throw new AttachError(
+          'failed',
+          `${device} is attached but its reconnection helper failed (${opts.reconnectHelper}, ` +
+            `built from native/nbd-reconnect.c): ${e.message}`,
+        );
+      });
+      return { method: 'kernel' as const, device, helperPid };
+    } catch (e) {
+      await run('nbd-client', ['-d', device]).catch(() => undefined);
+      throw e;
     }
-    return { method: 'kernel' as const, device };
   });
+}
+
+function nbdIndex(device: string): number {
+  return Number(/^\/dev\/nbd(\d+)$/.exec(device)?.[1] ?? NaN);
+}
+
+function sectors(device: string): number {
+  return Number(fs.readFileSync(`/sys/block/${path.basename(device)}/size`, 'utf8').trim());
+}
+
+async function waitForSize(device: string): Promise<void> {
+  for (let i = 0; sectors(device) === 0; i++) {
+    if (i >= 200) throw new Error(`${device} still has no size 10 s after nbd-client connected`);
+    await sleep(50);
+  }
+}
+
+/** Stops a kernel attachment's reconnection helper, if that pid is still the helper. */
+async function stopHelper(a: Attachment): Promise<void> {
+  const pid = a.helperPid;
+  if (!pid || !processAlive(pid)) return;
+  let cmdline = '';
+  try {
+    cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    return;
+  }
+  if (!cmdline.includes('nbd-reconnect')) return;
+  process.kill(pid, 'SIGTERM');
+  for (let i = 0; processAlive(pid) && i < 100; i++) await sleep(20);
 }
 
 async function stopFuse(fuseDir: string, pid: number | undefined): Promise<void> {
@@ -176,6 +286,8 @@ async function fuseMounted(dir: string): Promise<boolean> {
 /** Undoes `attach`; safe to repeat. */
 export async function detach(a: Attachment): Promise<void> {
   if (a.method === 'kernel') {
+    // The helper first, so that it does not take the disconnect for a dead link.
+    await stopHelper(a);
     if (fs.existsSync(`/sys/block/${path.basename(a.device)}/pid`)) await run('nbd-client', ['-d', a.device]);
     return;
   }
@@ -190,8 +302,8 @@ async function loopBacking(device: string): Promise<string | undefined> {
   return fs.existsSync(sys) ? fs.readFileSync(sys, 'utf8').trim() : undefined;
 }
 
-// struct loop_info64 is 232 bytes with lo_sizelimit at offset 32; NBD_SET_SIZE is _IO(0xab, 2).
-// perl (perl-base is part of every Debian system) issues the ioctls for us.
+// struct loop_info64 is 232 bytes with lo_sizelimit at offset 32. perl (perl-base is part of
+// every Debian system) issues the ioctls for us.
 const LOOP_SET_SIZELIMIT = [
   'open(my $f, "+<", $ARGV[0]) or die "open $ARGV[0]: $!\\n";',
   'my $b = "\\0" x 232;',
@@ -199,20 +311,14 @@ const LOOP_SET_SIZELIMIT = [
   'substr($b, 32, 8) = pack("Q<", $ARGV[1]);',
   'ioctl($f, 0x4C04, $b) or die "LOOP_SET_STATUS64: $!\\n";',
 ].join(' ');
-const NBD_SET_SIZE =
-  'open(my $f, "+<", $ARGV[0]) or die "open: $!\\n"; ioctl($f, 0xab02, $ARGV[1] + 0) or die "NBD_SET_SIZE: $!\\n";';
 
 /** Makes the attached device as large as the export is now; returns the new size. */
-export async function growAttachment(a: Attachment, grant: Grant): Promise<number> {
+export async function growAttachment(a: Attachment, grant: Grant, kernel: KernelOptions): Promise<number> {
   const size = await exportSizeBytes(grant);
-  const current = Number(fs.readFileSync(`/sys/block/${path.basename(a.device)}/size`, 'utf8').trim()) * 512;
-  if (size > current) {
-    await run('perl', [
-      '-e',
-      a.method === 'kernel' ? NBD_SET_SIZE : LOOP_SET_SIZELIMIT,
-      a.device,
-      String(size),
-    ]);
-  }
+  if (size <= sectors(a.device) * 512) return size;
+  // Netlink-attached devices refuse NBD_SET_SIZE; the helper sends NBD_CMD_RECONFIGURE.
+  if (a.method === 'kernel')
+    await run(kernel.reconnectHelper, ['-s', String(size), String(nbdIndex(a.device))]);
+  else await run('perl', ['-e', LOOP_SET_SIZELIMIT, a.device, String(size)]);
   return size;
 }

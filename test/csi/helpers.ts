@@ -5,6 +5,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { type DriverConfig, defaultConfig } from '../../src/csi/config';
 import { Driver } from '../../src/csi/driver';
+import { grpcAddress, parseCsiEndpoint } from '../../src/csi/endpoint';
 import { csiServices } from '../../src/csi/proto';
 
 export const MiB = 1024 * 1024;
@@ -26,11 +27,10 @@ export function connect(
   service: 'Identity' | 'Controller' | 'Node' | 'SnapshotMetadata',
 ): Client {
   const Ctor = csiServices()[service];
-  const client = new Ctor(`unix://${endpoint}`, grpc.credentials.createInsecure()) as unknown as Record<
-    string,
-    (...args: unknown[]) => unknown
-  > &
-    grpc.Client;
+  const client = new Ctor(
+    grpcAddress(parseCsiEndpoint(endpoint)),
+    grpc.credentials.createInsecure(),
+  ) as unknown as Record<string, (...args: unknown[]) => unknown> & grpc.Client;
   return {
     call: (method, request = {}) =>
       new Promise((resolve, reject) => {

@@ -8,7 +8,7 @@
 //
 // The host's 127.0.0.1 is 10.0.2.2 in the guest (QEMU user networking); `hostfwd` forwards
 // host ports to guest ports.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -101,6 +101,71 @@ export function cpioArchive(files: OverlayFile[]): Buffer {
 }
 
 // ---------------------------------------------------------------------------------------------
+// thinpool itself in the guest: Node.js, dist/ and the production dependencies
+// ---------------------------------------------------------------------------------------------
+
+/** Where the guest finds the project (run it as `node $APP/dist/cli/main.js`). */
+export const GUEST_APP = '/opt/thinpool';
+
+function filesBelow(hostDir: string, guestDir: string): OverlayFile[] {
+  const out: OverlayFile[] = [];
+  for (const entry of fs.readdirSync(hostDir, { withFileTypes: true })) {
+    const host = path.join(hostDir, entry.name);
+    const guest = path.posix.join(guestDir, entry.name);
+    if (entry.isDirectory()) out.push(...filesBelow(host, guest));
+    else if (entry.isSymbolicLink()) out.push({ path: guest, symlink: fs.readlinkSync(host) });
+    else if (entry.isFile()) out.push({ path: guest, hostPath: host, mode: fs.statSync(host).mode & 0o777 });
+  }
+  return out;
+}
+
+/** The shared libraries a host binary loads (ldd), as overlay files at the same paths. */
+function librariesOf(binary: string): OverlayFile[] {
+  const out = execFileSync('ldd', [binary], { encoding: 'utf8' });
+  return [...out.matchAll(/(?:=> )?(\/\S+) \(0x/g)].map((m) => ({
+    path: m[1],
+    hostPath: fs.realpathSync(m[1]),
+    mode: 0o755,
+  }));
+}
+
+let appImageFile: string | undefined;
+
+/**
+ * A cpio archive with this machine's Node.js (as /usr/bin/node, with its libraries), the built
+ * project and the packages package-lock.json does not mark as development-only. Built once per
+ * test process; about 125 MB, so guests that use it need `memoryMb` of 1536 or more.
+ */
+export function appImage(): string {
+  if (appImageFile) return appImageFile;
+  const lock = JSON.parse(fs.readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8')) as {
+    packages: Record<string, { dev?: boolean }>;
+  };
+  const files: OverlayFile[] = [
+    { path: '/usr/bin/node', hostPath: process.execPath, mode: 0o755 },
+    ...librariesOf(process.execPath),
+    { path: `${GUEST_APP}/package.json`, hostPath: path.join(ROOT, 'package.json') },
+    ...filesBelow(path.join(ROOT, 'dist'), `${GUEST_APP}/dist`),
+    ...filesBelow(path.join(ROOT, 'proto'), `${GUEST_APP}/proto`),
+  ];
+  for (const [pkg, meta] of Object.entries(lock.packages)) {
+    const dir = path.join(ROOT, pkg);
+    if (!pkg.startsWith('node_modules/') || meta.dev || !fs.existsSync(dir)) continue;
+    // Nested packages appear as their own lock entries.
+    files.push(
+      ...filesBelow(dir, `${GUEST_APP}/${pkg}`).filter(
+        (f) => !f.path.slice(`${GUEST_APP}/${pkg}/`.length).includes('node_modules/'),
+      ),
+    );
+  }
+  const dir = fs.mkdtempSync(path.join(process.env.TMPDIR ?? '/tmp', 'thinpool-vm-app-'));
+  appImageFile = path.join(dir, 'app.cpio');
+  fs.writeFileSync(appImageFile, cpioArchive(files));
+  process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  return appImageFile;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Booting
 // ---------------------------------------------------------------------------------------------
 
@@ -113,6 +178,8 @@ export interface VmOptions {
   params?: Record<string, string | number>;
   /** Host port → guest port TCP forwards (host side bound on 127.0.0.1). */
   hostfwd?: { host: number; guest: number }[];
+  /** Prebuilt cpio archives placed between the base image and the test's overlay. */
+  images?: string[];
   /** Whole-run limit; QEMU is killed after it. */
   timeoutMs?: number;
   memoryMb?: number;
@@ -149,6 +216,7 @@ export class VmRun {
       overlayFile,
       Buffer.concat([
         fs.readFileSync(path.join(VM_DIR, 'initramfs.cpio')),
+        ...(opts.images ?? []).map((f) => fs.readFileSync(f)),
         cpioArchive([
           { path: '/init', hostPath: path.join(GUEST_DIR, 'init.sh'), mode: 0o755 },
           { path: '/test/lib.sh', hostPath: path.join(GUEST_DIR, 'lib.sh') },
@@ -401,4 +469,95 @@ export async function mappedBlocks(pool: string): Promise<Map<number, number>> {
     devices: { id: number; details: { mappedBlocks: number } }[];
   };
   return new Map(list.devices.map((d) => [d.id, d.details.mappedBlocks]));
+}
+
+export interface ShellResult {
+  status: number;
+  output: string;
+}
+
+/** Runs shell commands in a guest that is in `serve_commands` (lib.sh), one at a time. */
+export class GuestShell {
+  private next = 1;
+
+  constructor(
+    private readonly vm: VmRun,
+    private readonly ctl: ControlServer,
+  ) {}
+
+  async run(command: string, timeoutMs = 120_000): Promise<ShellResult> {
+    const n = this.next++;
+    this.ctl.set(`cmd.${n}`, command);
+    const done = await this.vm.waitFor(new RegExp(`^VMTEST-DONE ${n} (\\d+)$`, 'm'), timeoutMs);
+    const output = [...this.vm.console.matchAll(new RegExp(`^VMTEST-OUT ${n} (.*)$`, 'gm'))]
+      .map((m) => m[1])
+      .join('\n');
+    return { status: Number(done[1]), output };
+  }
+
+  /** Like run, but throws unless the command succeeded; returns its output. */
+  async ok(command: string, timeoutMs?: number): Promise<string> {
+    const r = await this.run(command, timeoutMs);
+    if (r.status !== 0) throw new Error(`guest command failed (${r.status}): ${command}\n${r.output}`);
+    return r.output;
+  }
+
+  /** Ends the command loop (the guest script goes on after serve_commands). */
+  exit(): void {
+    this.ctl.set(`cmd.${this.next++}`, 'exit');
+  }
+}
+
+/**
+ * `thinpool serve --role controller` (CSI on a unix socket, the pool's NBD server on
+ * 127.0.0.1:nbdPort, advertised to guests as 10.0.2.2) as a child process that can be stopped
+ * with SIGTERM or SIGKILL and started again on the same pool and port.
+ */
+export class ControllerProcess {
+  private child?: ChildProcess;
+  nbdPort = 0;
+  readonly endpoint: string;
+  readonly logFile: string;
+
+  constructor(
+    readonly dir: string,
+    readonly poolSize = '2G',
+  ) {
+    this.endpoint = path.join(dir, 'csi.sock');
+    this.logFile = path.join(dir, 'controller.log');
+  }
+
+  async start(ready: () => Promise<boolean>): Promise<void> {
+    if (!this.nbdPort) this.nbdPort = await freePort();
+    // prettier-ignore
+    const args = [
+      CLI, 'serve', '--role', 'controller', '--endpoint', this.endpoint, '--node-id', 'host',
+      '--pool-dir', path.join(this.dir, 'pool'), '--pool-size', this.poolSize,
+      '--nbd-host', '127.0.0.1', '--nbd-port', String(this.nbdPort), '--nbd-advertise-host', '10.0.2.2',
+      '--state-dir', path.join(this.dir, 'node'), '--kubelet-dirs', path.join(this.dir, 'kubelet'),
+    ];
+    const out = fs.openSync(this.logFile, 'a');
+    const child = spawn(process.execPath, args, { stdio: ['ignore', out, out] });
+    fs.closeSync(out);
+    this.child = child;
+    const deadline = Date.now() + 60_000;
+    while (!(await ready().catch(() => false))) {
+      if (child.exitCode !== null || Date.now() > deadline)
+        throw new Error(`the controller did not start\n${this.log().slice(-3000)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  async stop(signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill(signal);
+    await exited;
+    this.child = undefined;
+  }
+
+  log(): string {
+    return fs.existsSync(this.logFile) ? fs.readFileSync(this.logFile, 'utf8') : '';
+  }
 }

@@ -2,6 +2,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Argv } from 'yargs';
 import { csiServices, type CsiServices } from '../../csi/proto';
+import { grpcAddress, parseCsiEndpoint } from '../../csi/endpoint';
 import { CommandFailed } from '../errors';
 
 // A small CSI client for people: call any RPC of the driver with a JSON request and print the
@@ -32,7 +33,7 @@ export function csiCommand(yargs: Argv): Argv {
     .option('endpoint', {
       type: 'string',
       default: path.resolve('var/csi.sock'),
-      describe: 'CSI unix socket',
+      describe: 'CSI endpoint: unix socket path, unix:///path or tcp://host:port',
     })
     .option('timeout', { type: 'number', default: 60, describe: 'seconds' })
     .example('$0 csi Probe', '')
@@ -56,7 +57,7 @@ export async function callCsi(argv: {
     throw new CommandFailed(`the request is not JSON: ${(e as Error).message}`);
   }
   const Client = csiServices()[service];
-  const client = new Client(`unix://${path.resolve(argv.endpoint)}`, grpc.credentials.createInsecure());
+  const client = new Client(grpcAddress(parseCsiEndpoint(argv.endpoint)), grpc.credentials.createInsecure());
   const deadline = new Date(Date.now() + argv.timeout * 1000);
   const fn = (client as unknown as Record<string, (...args: unknown[]) => unknown>)[argv.method].bind(client);
   try {

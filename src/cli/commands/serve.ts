@@ -5,6 +5,7 @@ import type { Argv } from 'yargs';
 import YAML from 'yaml';
 import { type DriverConfig, type Role, TOPOLOGY_NODE_KEY, defaultConfig } from '../../csi/config';
 import { Driver } from '../../csi/driver';
+import { parseCsiEndpoint } from '../../csi/endpoint';
 import { logger } from '../../log';
 import { parseSize } from '../../util/size';
 
@@ -25,6 +26,9 @@ const FIELDS: [string, keyof DriverConfig, 'string' | 'number' | 'size' | 'list'
   ['state-dir', 'stateDir', 'string'],
   ['kubelet-dirs', 'kubeletDirs', 'list'],
   ['attach-method', 'attachMethod', 'string'],
+  ['nbd-request-timeout', 'nbdRequestTimeoutSeconds', 'number'],
+  ['nbd-dead-connection-timeout', 'nbdDeadConnectionTimeoutSeconds', 'number'],
+  ['nbd-reconnect-helper', 'nbdReconnectHelper', 'string'],
   ['default-fs-type', 'defaultFsType', 'string'],
   ['block-metadata-type', 'blockMetadataType', 'string'],
   ['max-overprovision-ratio', 'maxOverprovisionRatio', 'number'],
@@ -86,6 +90,14 @@ export function loadConfig(
     throw new RangeError(`--role must be all, controller or node`);
   if (!['auto', 'kernel', 'nbdfuse'].includes(config.attachMethod))
     throw new RangeError(`--attach-method must be auto, kernel or nbdfuse`);
+  parseCsiEndpoint(config.endpoint);
+  for (const [flag, value] of [
+    ['--nbd-request-timeout', config.nbdRequestTimeoutSeconds],
+    ['--nbd-dead-connection-timeout', config.nbdDeadConnectionTimeoutSeconds],
+  ] as const) {
+    if (!Number.isInteger(value) || value < 1)
+      throw new RangeError(`${flag} must be a whole number of seconds ≥ 1`);
+  }
   return config;
 }
 

@@ -34,3 +34,19 @@ wait_gone() {
 
 # Value of a key on the host's control server (test/vm/harness.ts ControlServer).
 ctl() { wget -q -O - "http://10.0.2.2:$VM_ctl/$1" 2>/dev/null; }
+
+# Run the commands the host posts (ControlServer keys cmd.1, cmd.2, … ; GuestShell in
+# harness.ts) until one is "exit". Each command's output comes back as "VMTEST-OUT <n> <line>"
+# lines and its exit status as "VMTEST-DONE <n> <status>".
+serve_commands() {
+  n=1
+  while :; do
+    c=$(ctl "cmd.$n") || c=
+    if [ -z "$c" ]; then sleep 0.1; continue; fi
+    [ "$c" = exit ] && return 0
+    if ( eval "$c" ) > /tmp/cmd.out 2>&1; then rc=0; else rc=$?; fi
+    sed "s/^/VMTEST-OUT $n /" /tmp/cmd.out
+    echo "VMTEST-DONE $n $rc"
+    n=$((n + 1))
+  done
+}

@@ -5,6 +5,9 @@
  *   nbd-reconnect [-D dead-conn-timeout-s] [-q] <index> <host> <port> <export>
  *   nbd-reconnect -s <bytes> <index>      (set the size of a netlink-attached device, exit)
  *
+ * An <export> of "-" means the name is in the environment variable NBD_EXPORT_NAME: names
+ * carry access secrets, and a long-lived command line is readable by every user.
+ *
  * nbd-client 3.24 attaches through the netlink interface but sets no dead-connection
  * timeout and exits at once, so when the server goes away every queued request fails
  * with EIO. The 6.1 kernel offers what is missing:
@@ -342,6 +345,11 @@ int main(int argc, char **argv) {
   }
   uint32_t index = strtoul(argv[optind], NULL, 10);
   const char *host = argv[optind + 1], *port = argv[optind + 2], *name = argv[optind + 3];
+  if (strcmp(name, "-") == 0) name = getenv("NBD_EXPORT_NAME");
+  if (!name) {
+    fprintf(stderr, "nbd-reconnect: export \"-\" but NBD_EXPORT_NAME is not set\n");
+    return 2;
+  }
   signal(SIGTERM, on_signal);
   signal(SIGINT, on_signal);
   signal(SIGPIPE, SIG_IGN);
