@@ -53,7 +53,9 @@ export class Driver {
       identityHandlers(this.config, this.locks, () => this.ready),
     );
     if (runsNode(this.config)) {
-      this.server.addService(services.Node.service, new NodeService(this.config).handlers(this.locks));
+      const node = new NodeService(this.config);
+      await node.resume();
+      this.server.addService(services.Node.service, node.handlers(this.locks));
     }
     const controllerReady = runsController(this.config);
     let controller: grpc.UntypedServiceImplementation = {};

@@ -3,7 +3,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
-import { type Grant, type KernelOptions, attach, chooseMethod, detach, growAttachment } from '../node/attach';
+import {
+  type Grant,
+  type KernelOptions,
+  attach,
+  resumeAttachment,
+  chooseMethod,
+  detach,
+  growAttachment,
+} from '../node/attach';
 import {
   type FsType,
   deviceSizeBytes,
@@ -15,12 +23,15 @@ import {
 } from '../node/filesystem';
 import { bindMount, isMounted, mount, mountAt, pathExists, unmountAll } from '../node/mounts';
 import { NodeState, type StagedVolume } from '../node/state';
+import { logger } from '../log';
 import { type DriverConfig, capabilitiesOf } from './config';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from './errors';
 import { CTX_ENDPOINT, CTX_EXPORT, CTX_GROWABLE_EXPORT, CTX_READONLY } from './exports';
 import { type OperationLocks, unary } from './handler';
 import type { CapacityRange, StringMap, VolumeCapability } from './types';
 import { capabilityProblem, isReadOnlyMode } from './validate';
+
+const log = logger('node');
 
 interface StageRequest {
   volume_id: string;
@@ -39,6 +50,26 @@ export class NodeService {
 
   constructor(private readonly config: DriverConfig) {
     this.state = new NodeState(config.stateDir);
+  }
+
+  /** After a restart: kernel attachments that lost their reconnection helper get it back. */
+  async resume(): Promise<void> {
+    for (const staged of this.state.all()) {
+      try {
+        const attachment = await resumeAttachment(
+          staged.attachment,
+          staged.grant,
+          this.state.workDir(staged.volumeId),
+          this.kernelOptions(),
+        );
+        if (attachment !== staged.attachment) this.state.put({ ...staged, attachment });
+      } catch (e) {
+        log.error('could not resume a staged volume', {
+          volumeId: staged.volumeId,
+          error: (e as Error).message,
+        });
+      }
+    }
   }
 
   private kernelOptions(): KernelOptions {

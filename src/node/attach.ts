@@ -203,30 +203,67 @@ async function attachKernel(grant: Grant, workDir: string, opts: KernelOptions):
     });
     try {
       await waitForSize(device);
-      const helperLog = path.join(workDir, 'nbd-reconnect.log');
-      fs.writeFileSync(helperLog, '');
-      const helperPid = await spawnDetached(
-        opts.reconnectHelper,
-        ['-D', String(opts.deadConnectionTimeoutSeconds), String(nbdIndex(device)), host, port, '-'],
-        {
-          logFile: helperLog,
-          env: { NBD_EXPORT_NAME: grant.exportName },
-          secrets: secretOf(grant.exportName),
-          ready: () => fs.readFileSync(helperLog, 'utf8').includes('watching'),
-        },
-      ).catch((e: Error) => {
-        throw new AttachError(
-          'failed',
-          `${device} is attached but its reconnection helper failed (${opts.reconnectHelper}, ` +
-            `built from native/nbd-reconnect.c): ${e.message}`,
-        );
-      });
+      const helperPid = await startHelper(device, grant, workDir, opts);
       return { method: 'kernel' as const, device, helperPid };
     } catch (e) {
       await run('nbd-client', ['-d', device]).catch(() => undefined);
       throw e;
     }
   });
+}
+
+async function startHelper(
+  device: string,
+  grant: Grant,
+  workDir: string,
+  opts: KernelOptions,
+): Promise<number> {
+  const { host, port } = splitEndpoint(grant.endpoint);
+  const helperLog = path.join(workDir, 'nbd-reconnect.log');
+  const start = fs.existsSync(helperLog) ? fs.statSync(helperLog).size : 0;
+  const started = () => {
+    const fd = fs.openSync(helperLog, 'r');
+    try {
+      const buf = Buffer.alloc(Math.max(0, fs.fstatSync(fd).size - start));
+      fs.readSync(fd, buf, 0, buf.length, start);
+      return buf.includes('watching');
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+  return spawnDetached(
+    opts.reconnectHelper,
+    ['-D', String(opts.deadConnectionTimeoutSeconds), String(nbdIndex(device)), host, port, '-'],
+    {
+      logFile: helperLog,
+      env: { NBD_EXPORT_NAME: grant.exportName },
+      secrets: secretOf(grant.exportName),
+      ready: started,
+    },
+  ).catch((e: Error) => {
+    throw new AttachError(
+      'failed',
+      `${device} is attached but its reconnection helper failed (${opts.reconnectHelper}, ` +
+        `built from native/nbd-reconnect.c): ${e.message}`,
+    );
+  });
+}
+
+/**
+ * A kernel attachment that outlived its helper (the node plugin's container restarted and took
+ * the helper with it) gets a new one; returns the attachment as it is now.
+ */
+export async function resumeAttachment(
+  a: Attachment,
+  grant: Grant,
+  workDir: string,
+  opts: KernelOptions,
+): Promise<Attachment> {
+  if (a.method !== 'kernel' || helperRunning(a.helperPid)) return a;
+  if (!fs.existsSync(`/sys/block/${path.basename(a.device)}/pid`)) return a;
+  const helperPid = await startHelper(a.device, grant, workDir, opts);
+  log.info('restarted the reconnection helper', { device: a.device, pid: helperPid });
+  return { ...a, helperPid };
 }
 
 function nbdIndex(device: string): number {
@@ -244,17 +281,19 @@ async function waitForSize(device: string): Promise<void> {
   }
 }
 
+function helperRunning(pid: number | undefined): pid is number {
+  if (!pid || !processAlive(pid)) return false;
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('nbd-reconnect');
+  } catch {
+    return false;
+  }
+}
+
 /** Stops a kernel attachment's reconnection helper, if that pid is still the helper. */
 async function stopHelper(a: Attachment): Promise<void> {
   const pid = a.helperPid;
-  if (!pid || !processAlive(pid)) return;
-  let cmdline = '';
-  try {
-    cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-  } catch {
-    return;
-  }
-  if (!cmdline.includes('nbd-reconnect')) return;
+  if (!helperRunning(pid)) return;
   process.kill(pid, 'SIGTERM');
   for (let i = 0; processAlive(pid) && i < 100; i++) await sleep(20);
 }

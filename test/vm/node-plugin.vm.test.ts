@@ -67,15 +67,7 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     await vm.waitFor(/^VMTEST plugin-started/m, 120_000);
     const t0 = Date.now();
     node = connect(`tcp://127.0.0.1:${csiPort}`, 'Node');
-    for (;;) {
-      try {
-        await node.call('NodeGetInfo');
-        break;
-      } catch (e) {
-        if (Date.now() - t0 > 120_000) throw new Error(`the node plugin did not answer: ${String(e)}`);
-        await sleep(500);
-      }
-    }
+    await waitForPlugin();
     pluginReadyS = (Date.now() - t0) / 1000;
   });
 
@@ -86,7 +78,7 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
       let timer: NodeJS.Timeout | undefined;
       const r = await Promise.race([
         vm.result,
-        new Promise<undefined>((r) => (timer = setTimeout(r, 60_000))),
+        new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 60_000))),
       ]);
       clearTimeout(timer);
       expect(r).toBeDefined();
@@ -100,6 +92,20 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
       tmp.cleanup();
     }
   });
+
+  /** Resolves once the guest's node plugin answers NodeGetInfo. */
+  async function waitForPlugin(): Promise<void> {
+    const t0 = Date.now();
+    for (;;) {
+      try {
+        await node.call('NodeGetInfo');
+        return;
+      } catch (e) {
+        if (Date.now() - t0 > 120_000) throw new Error(`the node plugin did not answer: ${String(e)}`);
+        await sleep(500);
+      }
+    }
+  }
 
   async function createAndPublish(name: string, bytes: number, cap: object): Promise<[string, Context]> {
     const { volume } = await controller.call('CreateVolume', {
@@ -126,74 +132,77 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     return dev;
   }
 
-  it('stages ext4 through nbd-client + nbd-reconnect, publishes, expands online, and leaves nothing on unstage', async () => {
-    const cap = mountCap('ext4');
-    const [vol, ctx] = await createAndPublish('pvc-fs', 256 * MiB, cap);
-    expect(ctx.endpoint).toMatch(/^10\.0\.2\.2:\d+$/);
-    const staging = `${KUBELET}/plugins/kubernetes.io/csi/thinpool.csi.dev/fs/globalmount`;
-    const target = `${KUBELET}/pods/p1/volumes/kubernetes.io~csi/pvc-fs/mount`;
-    const stage = {
-      volume_id: vol,
-      publish_context: ctx,
-      staging_target_path: staging,
-      volume_capability: cap,
-    };
-    const publish = { ...stage, target_path: target, readonly: false };
-    const t0 = Date.now();
-    await node.call('NodeStageVolume', stage);
-    const stageMs = Date.now() - t0;
-    await node.call('NodeStageVolume', stage); // idempotent
-    const dev = await deviceAt(staging);
-    // The reconnection helper watches the device.
-    expect(await sh.ok('leftovers')).toMatch(/^helper \d+$/m);
-    await node.call('NodePublishVolume', publish);
-    await node.call('NodePublishVolume', publish);
-    await sh.ok(`write_tree ${target} /tmp/fs.sums`);
-    const stats = await node.call('NodeGetVolumeStats', { volume_id: vol, volume_path: target });
-    expect(stats.usage[0].used).toBeGreaterThan(16 * MiB);
+  it.each(['ext4', 'xfs'])(
+    'stages %s through nbd-client + nbd-reconnect, publishes, expands online, and leaves nothing on unstage',
+    async (fsType) => {
+      const cap = mountCap(fsType);
+      const [vol, ctx] = await createAndPublish(`pvc-${fsType}`, 320 * MiB, cap);
+      expect(ctx.endpoint).toMatch(/^10\.0\.2\.2:\d+$/);
+      const staging = `${KUBELET}/plugins/kubernetes.io/csi/thinpool.csi.dev/${fsType}/globalmount`;
+      const target = `${KUBELET}/pods/p1/volumes/kubernetes.io~csi/pvc-${fsType}/mount`;
+      const stage = {
+        volume_id: vol,
+        publish_context: ctx,
+        staging_target_path: staging,
+        volume_capability: cap,
+      };
+      const publish = { ...stage, target_path: target, readonly: false };
+      const t0 = Date.now();
+      await node.call('NodeStageVolume', stage);
+      const stageMs = Date.now() - t0;
+      await node.call('NodeStageVolume', stage); // idempotent
+      const dev = await deviceAt(staging);
+      // The reconnection helper watches the device.
+      expect(await sh.ok('leftovers')).toMatch(/^helper \d+$/m);
+      await node.call('NodePublishVolume', publish);
+      await node.call('NodePublishVolume', publish);
+      await sh.ok(`write_tree ${target} /tmp/fs.sums`);
+      const stats = await node.call('NodeGetVolumeStats', { volume_id: vol, volume_path: target });
+      expect(stats.usage[0].used).toBeGreaterThan(16 * MiB);
 
-    // Online expansion: the controller grows the volume, the node grows the device (netlink
-    // NBD_CMD_RECONFIGURE through nbd-reconnect -s) and then ext4.
-    await controller.call('ControllerExpandVolume', {
-      volume_id: vol,
-      capacity_range: { required_bytes: 512 * MiB },
-      volume_capability: cap,
-    });
-    const grown = await node.call('NodeExpandVolume', {
-      volume_id: vol,
-      volume_path: target,
-      staging_target_path: staging,
-      capacity_range: { required_bytes: 512 * MiB },
-      volume_capability: cap,
-    });
-    expect(grown.capacity_bytes).toBe(512 * MiB);
-    expect(Number(await sh.ok(`blockdev --getsize64 ${dev}`))).toBe(512 * MiB);
-    const after = await node.call('NodeGetVolumeStats', { volume_id: vol, volume_path: target });
-    expect(after.usage[0].total).toBeGreaterThan(450 * MiB);
-    expect(await sh.ok(`check_tree ${target} /tmp/fs.sums`)).toMatch(/^10 files intact$/m);
+      // Online expansion: the controller grows the volume, the node grows the device (netlink
+      // NBD_CMD_RECONFIGURE through nbd-reconnect -s) and then ext4.
+      await controller.call('ControllerExpandVolume', {
+        volume_id: vol,
+        capacity_range: { required_bytes: 512 * MiB },
+        volume_capability: cap,
+      });
+      const grown = await node.call('NodeExpandVolume', {
+        volume_id: vol,
+        volume_path: target,
+        staging_target_path: staging,
+        capacity_range: { required_bytes: 512 * MiB },
+        volume_capability: cap,
+      });
+      expect(grown.capacity_bytes).toBe(512 * MiB);
+      expect(Number(await sh.ok(`blockdev --getsize64 ${dev}`))).toBe(512 * MiB);
+      const after = await node.call('NodeGetVolumeStats', { volume_id: vol, volume_path: target });
+      expect(after.usage[0].total).toBeGreaterThan(400 * MiB);
+      expect(await sh.ok(`check_tree ${target} /tmp/fs.sums`)).toMatch(/^10 files intact$/m);
 
-    for (let i = 0; i < 2; i++) {
+      for (let i = 0; i < 2; i++) {
+        await node.call('NodeUnpublishVolume', { volume_id: vol, target_path: target });
+        await node.call('NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
+      }
+      await expectNoLeftovers();
+
+      // A fresh attach (nothing cached) still has the tree and the grown filesystem.
+      await node.call('NodeStageVolume', stage);
+      await node.call('NodePublishVolume', publish);
+      await sh.ok('echo 3 > /proc/sys/vm/drop_caches');
+      expect(await sh.ok(`check_tree ${target} /tmp/fs.sums`)).toMatch(/^10 files intact$/m);
+      const again = await node.call('NodeGetVolumeStats', { volume_id: vol, volume_path: target });
+      expect(again.usage[0].total).toBeGreaterThan(400 * MiB);
       await node.call('NodeUnpublishVolume', { volume_id: vol, target_path: target });
       await node.call('NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
-    }
-    await expectNoLeftovers();
-
-    // A fresh attach (nothing cached) still has the tree and the grown filesystem.
-    await node.call('NodeStageVolume', stage);
-    await node.call('NodePublishVolume', publish);
-    await sh.ok('echo 3 > /proc/sys/vm/drop_caches');
-    expect(await sh.ok(`check_tree ${target} /tmp/fs.sums`)).toMatch(/^10 files intact$/m);
-    const again = await node.call('NodeGetVolumeStats', { volume_id: vol, volume_path: target });
-    expect(again.usage[0].total).toBeGreaterThan(450 * MiB);
-    await node.call('NodeUnpublishVolume', { volume_id: vol, target_path: target });
-    await node.call('NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
-    await sh.ok(`fsck_export ${ctx.endpoint} ${ctx.export}`);
-    await expectNoLeftovers();
-    await controller.call('ControllerUnpublishVolume', { volume_id: vol, node_id: 'vm' });
-    console.log(
-      `node plugin answered ${pluginReadyS.toFixed(1)} s after start; first NodeStageVolume (mkfs) ${stageMs} ms`,
-    );
-  });
+      await sh.ok(`fsck_export ${fsType} ${ctx.endpoint} ${ctx.export}`);
+      await expectNoLeftovers();
+      await controller.call('ControllerUnpublishVolume', { volume_id: vol, node_id: 'vm' });
+      console.log(
+        `${fsType}: node plugin answered ${pluginReadyS.toFixed(1)} s after start; first NodeStageVolume (mkfs) ${stageMs} ms`,
+      );
+    },
+  );
 
   it('stages a raw block volume, publishes the device, grows it, and the data reaches the pool', async () => {
     const cap = blockCap();
@@ -312,6 +321,18 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     };
     await sh.ok(`start_writer ${target}`);
     await waitForWrites(5, 60_000);
+    // A restart of the node plugin's container takes its helpers along; the new plugin starts
+    // them again for the volumes it has staged, and I/O goes on meanwhile.
+    const helperPid = async () => /^helper (\d+)$/m.exec(await sh.ok('leftovers'))?.[1];
+    const helperBefore = await helperPid();
+    const restartWrites = writes();
+    await sh.ok('restart_plugin');
+    await waitForPlugin();
+    const helperAfter = await helperPid();
+    expect(helperBefore).toBeDefined();
+    expect(helperAfter).toBeDefined();
+    expect(helperAfter).not.toBe(helperBefore);
+    await waitForWrites(restartWrites + 2, 60_000);
     const stalls: string[] = [];
     for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
       const before = writes();
@@ -354,7 +375,7 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     expect(Number(verified)).toBe(Number(done[1]));
     await node.call('NodeUnpublishVolume', { volume_id: vol, target_path: target });
     await node.call('NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
-    await sh.ok(`fsck_export ${ctx.endpoint} ${ctx.export}`);
+    await sh.ok(`fsck_export ext4 ${ctx.endpoint} ${ctx.export}`);
     await expectNoLeftovers();
     console.log(
       [`${done[1]} files fsynced and verified after a cold re-stage`, ...stalls, ...reconnected].join('\n'),

@@ -54,22 +54,40 @@ start_writer() {
   ) > /dev/console 2>&1 &
 }
 
-# e2fsck -fn of an export, attached read-only on a spare device: <host:port> <export>.
+start_plugin() {
+  node /opt/thinpool/dist/cli/main.js serve --role node --endpoint "tcp://0.0.0.0:$VM_csiport" \
+    --node-id vm --state-dir "$STATE" --kubelet-dirs "$KUBELET" --attach-method kernel \
+    --nbd-request-timeout 5 --nbd-dead-connection-timeout 300 >> /tmp/node.log 2>&1 &
+  echo $! > /tmp/node.pid
+}
+
+# What a restart of the node plugin's container does: the plugin and every helper it started
+# are killed; the kernel devices and mounts stay.
+restart_plugin() {
+  kill -9 "$(cat /tmp/node.pid)"
+  for p in /proc/[0-9]*; do
+    case "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" in
+      *nbd-reconnect*) kill -9 "${p#/proc/}" ;;
+    esac
+  done
+  sleep 0.2
+  start_plugin
+}
+
+# e2fsck -fn or xfs_repair -n of an export, attached read-only on a spare device:
+# <ext4|xfs> <host:port> <export>.
 fsck_export() {
-  nbd-client "${1%:*}" "${1##*:}" /dev/nbd15 -N "$2" -b 4096 -readonly > /dev/null || return 1
+  nbd-client "${2%:*}" "${2##*:}" /dev/nbd15 -N "$3" -b 4096 -readonly > /dev/null || return 1
   wait_size nbd15
   rc=0
-  e2fsck -fn /dev/nbd15 || rc=$?
+  if [ "$1" = xfs ]; then xfs_repair -n /dev/nbd15 || rc=$?; else e2fsck -fn /dev/nbd15 || rc=$?; fi
   nbd-client -d /dev/nbd15 > /dev/null
   wait_gone nbd15
   return $rc
 }
 
 mkdir -p "$KUBELET" "$STATE"
-node /opt/thinpool/dist/cli/main.js serve --role node --endpoint "tcp://0.0.0.0:$VM_csiport" \
-  --node-id vm --state-dir "$STATE" --kubelet-dirs "$KUBELET" --attach-method kernel \
-  --nbd-request-timeout 5 --nbd-dead-connection-timeout 300 > /tmp/node.log 2>&1 &
-echo $! > /tmp/node.pid
+start_plugin
 mark plugin-started "$(now)"
 serve_commands
 kill "$(cat /tmp/node.pid)"
