@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { logger } from '../log';
-import { ExecError, processAlive, run, scrub, spawnDetached } from '../exec';
+import { ExecError, processAlive, run, spawnDetached } from '../exec';
 
 const log = logger('attach');
 
@@ -48,14 +48,19 @@ export class AttachError extends Error {
   }
 }
 
-/** The access secret in an export name (`<export>/<secret>`), kept out of logs and errors. */
+/**
+ * What to hide of an export name that carries an access secret (`<export>/<secret>`): the whole
+ * name, plain and URI-encoded (hiding only the secret would also blot out any short secret's
+ * letters elsewhere in a message).
+ */
 export function secretOf(exportName: string): string[] {
-  const cut = exportName.lastIndexOf('/');
-  return cut > 0 ? [exportName.slice(cut + 1), encodeURIComponent(exportName.slice(cut + 1))] : [];
+  if (exportName.lastIndexOf('/') <= 0) return [];
+  return [exportName, exportName.split('/').map(encodeURIComponent).join('/')];
 }
 
 // nbd-client's and nbdinfo's words for a server that refused the export or was not there.
-const REFUSED = /no such export|not found|permission denied|access denied|EPERM|EACCES/i;
+const REFUSED =
+  /no such export|has no export|not found|policy prevents|not allowed|permission denied|access denied|EPERM|EACCES/i;
 const UNREACHABLE = /connection refused|timed out|no route|unreachable|could not resolve|name or service/i;
 
 function attachError(what: string, grant: Grant, e: unknown): AttachError {
@@ -67,7 +72,8 @@ function attachError(what: string, grant: Grant, e: unknown): AttachError {
     : UNREACHABLE.test(detail)
       ? 'unreachable'
       : 'failed';
-  const name = scrub(grant.exportName, secretOf(grant.exportName));
+  const cut = grant.exportName.lastIndexOf('/');
+  const name = cut > 0 ? `${grant.exportName.slice(0, cut)}/…` : grant.exportName;
   return new AttachError(reason, `${what} of export ${name} from ${grant.endpoint} failed: ${detail}`);
 }
 
