@@ -2,8 +2,11 @@
  * nbd-reconnect: keep a kernel NBD device (attached by `nbd-client`, netlink mode) alive
  * across restarts of its NBD server.
  *
- *   nbd-reconnect [-D dead-conn-timeout-s] [-q] <index> <host> <port> <export>
+ *   nbd-reconnect [-D dead-conn-timeout-s] [-q] [-r] <index> <host> <port> <export>
  *   nbd-reconnect -s <bytes> <index>      (set the size of a netlink-attached device, exit)
+ *
+ * -r (resume) is for a helper that replaces one that died: the connection may have died while
+ * nobody watched, so it first offers the kernel a fresh socket (kept only in place of a dead one).
  *
  * An <export> of "-" means the name is in the environment variable NBD_EXPORT_NAME: names
  * carry access secrets, and a long-lived command line is readable by every user.
@@ -314,6 +317,57 @@ static long long sysfs_num(const char *fmt, unsigned index) {
   return v;
 }
 
+/*
+ * Connects again (backoff 0.1 s doubling to 1 s) and hands the socket to the kernel.
+ * Returns 0 once reattached, 1 when the export can no longer serve the device (shrunk, became
+ * read-only), -1 when the device was disconnected or we are told to stop. With `probe`, a
+ * kernel that had no dead connection to replace is fine too (a restarted helper cannot know
+ * whether the link died while nobody watched, so it offers a fresh socket in any case).
+ */
+static int reattach(int ctl, int family, uint32_t index, const char *host, const char *port,
+                    const char *name, long long ro, int probe) {
+  double t0 = now(), delay = 0.1;
+  int attempts = 0;
+  while (!stop) {
+    char why[256] = "";
+    uint64_t size = 0;
+    uint16_t flags = 0;
+    attempts++;
+    int s = nbd_connect(host, port, name, &size, &flags, why, sizeof why);
+    long long sectors = sysfs_num("/sys/block/nbd%u/size", index);
+    if (s >= 0 && size < (uint64_t)sectors * 512) {
+      close(s);
+      say("export shrank (%llu, was %llu): not reattaching", (unsigned long long)size,
+          (unsigned long long)sectors * 512);
+      return 1;
+    }
+    /* An export that grew meanwhile (a volume expansion) is reattached at its new size. */
+    new_size = s >= 0 && size > (uint64_t)sectors * 512 ? size : 0;
+    if (s >= 0 && (flags & NBD_FLAG_READ_ONLY) && ro == 0) {
+      close(s);
+      say("export became read-only: not reattaching");
+      return 1;
+    }
+    if (s >= 0) {
+      int rc = reconfigure(ctl, family, index, 0, s);
+      close(s); /* the kernel holds its own reference */
+      if (rc == 0 || (probe && rc == -ENOSPC)) {
+        if (new_size) say("/dev/nbd%u grew to %llu bytes", index, (unsigned long long)new_size);
+        new_size = 0;
+        if (probe) say("offered /dev/nbd%u a fresh connection (the kernel keeps it only for a dead link)", index);
+        else say("reconnected /dev/nbd%u after %.2fs (%d attempts)", index, now() - t0, attempts);
+        return 0;
+      }
+      snprintf(why, sizeof why, "RECONFIGURE: %s", strerror(-rc));
+    }
+    if (!quiet || attempts == 1 || attempts % 10 == 0) say("attempt %d failed: %s", attempts, why);
+    if (sysfs_num("/sys/block/nbd%u/size", index) <= 0) return -1;
+    usleep((useconds_t)(delay * 1e6));
+    if (delay < 1) delay *= 2;
+  }
+  return -1;
+}
+
 static void on_signal(int sig) {
   (void)sig;
   stop = 1;
@@ -322,8 +376,10 @@ static void on_signal(int sig) {
 int main(int argc, char **argv) {
   uint64_t dead_timeout = 120;
   int c;
-  while ((c = getopt(argc, argv, "D:qs:")) != -1) {
+  int resume = 0;
+  while ((c = getopt(argc, argv, "D:qrs:")) != -1) {
     if (c == 'D') dead_timeout = strtoull(optarg, NULL, 10);
+    else if (c == 'r') resume = 1;
     else if (c == 's') new_size = strtoull(optarg, NULL, 10);
     else if (c == 'q') quiet = 1;
     else return 2;
@@ -340,7 +396,7 @@ int main(int argc, char **argv) {
     return rc ? 1 : 0;
   }
   if (argc - optind != 4) {
-    fprintf(stderr, "usage: nbd-reconnect [-D dead-conn-timeout-s] [-q] <index> <host> <port> <export>\n");
+    fprintf(stderr, "usage: nbd-reconnect [-D dead-conn-timeout-s] [-q] [-r] <index> <host> <port> <export>\n");
     return 2;
   }
   uint32_t index = strtoul(argv[optind], NULL, 10);
@@ -385,6 +441,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   say("watching /dev/nbd%u (dead-connection timeout %llus)", index, (unsigned long long)dead_timeout);
+  if (resume) {
+    rc = reattach(ctl, fam.id, index, host, port, name, ro, 1);
+    if (rc) return rc < 0 ? 0 : rc;
+  }
 
   while (!stop) {
     struct pollfd p = {.fd = events, .events = POLLIN};
@@ -407,45 +467,9 @@ int main(int argc, char **argv) {
     }
     if (!dead) continue;
 
-    double t0 = now(), delay = 0.1;
     say("connection of /dev/nbd%u died; reconnecting", index);
-    int attempts = 0;
-    while (!stop) {
-      char why[256] = "";
-      uint64_t size = 0;
-      uint16_t flags = 0;
-      attempts++;
-      int s = nbd_connect(host, port, name, &size, &flags, why, sizeof why);
-      sectors = sysfs_num("/sys/block/nbd%u/size", index);
-      if (s >= 0 && size < (uint64_t)sectors * 512) {
-        close(s);
-        say("export shrank (%llu, was %llu): not reattaching", (unsigned long long)size,
-            (unsigned long long)sectors * 512);
-        return 1;
-      }
-      /* An export that grew meanwhile (a volume expansion) is reattached at its new size. */
-      new_size = s >= 0 && size > (uint64_t)sectors * 512 ? size : 0;
-      if (s >= 0 && !(flags & NBD_FLAG_READ_ONLY) != !ro && ro == 0) {
-        close(s);
-        say("export became read-only: not reattaching");
-        return 1;
-      }
-      if (s >= 0) {
-        rc = reconfigure(ctl, fam.id, index, 0, s);
-        close(s); /* the kernel holds its own reference */
-        if (rc == 0) {
-          if (new_size) say("/dev/nbd%u grew to %llu bytes", index, (unsigned long long)new_size);
-          new_size = 0;
-          say("reconnected /dev/nbd%u after %.2fs (%d attempts)", index, now() - t0, attempts);
-          break;
-        }
-        snprintf(why, sizeof why, "RECONFIGURE: %s", strerror(-rc));
-      }
-      if (!quiet || attempts == 1 || attempts % 10 == 0) say("attempt %d failed: %s", attempts, why);
-      if (sysfs_num("/sys/block/nbd%u/size", index) <= 0) return 0;
-      usleep((useconds_t)(delay * 1e6));
-      if (delay < 1) delay *= 2;
-    }
+    rc = reattach(ctl, fam.id, index, host, port, name, ro, 0);
+    if (rc) return rc < 0 ? 0 : rc;
   }
   return 0;
 }

@@ -218,11 +218,13 @@ async function attachKernel(grant: Grant, workDir: string, opts: KernelOptions):
   });
 }
 
+/** `resume`: the helper replaces one that died, and the link may have died meanwhile. */
 async function startHelper(
   device: string,
   grant: Grant,
   workDir: string,
   opts: KernelOptions,
+  resume = false,
 ): Promise<number> {
   const { host, port } = splitEndpoint(grant.endpoint);
   const helperLog = path.join(workDir, 'nbd-reconnect.log');
@@ -239,7 +241,15 @@ async function startHelper(
   };
   return spawnDetached(
     opts.reconnectHelper,
-    ['-D', String(opts.deadConnectionTimeoutSeconds), String(nbdIndex(device)), host, port, '-'],
+    [
+      '-D',
+      String(opts.deadConnectionTimeoutSeconds),
+      ...(resume ? ['-r'] : []),
+      String(nbdIndex(device)),
+      host,
+      port,
+      '-',
+    ],
     {
       logFile: helperLog,
       env: { NBD_EXPORT_NAME: grant.exportName },
@@ -267,7 +277,7 @@ export async function resumeAttachment(
 ): Promise<Attachment> {
   if (a.method !== 'kernel' || helperRunning(a.helperPid)) return a;
   if (!fs.existsSync(`/sys/block/${path.basename(a.device)}/pid`)) return a;
-  const helperPid = await startHelper(a.device, grant, workDir, opts);
+  const helperPid = await startHelper(a.device, grant, workDir, opts, true);
   log.info('restarted the reconnection helper', { device: a.device, pid: helperPid });
   return { ...a, helperPid };
 }

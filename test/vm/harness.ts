@@ -185,7 +185,7 @@ export interface VmOptions {
   memoryMb?: number;
   /** Kernel console log level (4: warnings and errors, the default). */
   loglevel?: number;
-  /** Where the console is written as it arrives (for debugging a run). */
+  /** Where the console is appended as it arrives (for debugging a run; default $THINPOOL_VM_CONSOLE). */
   consoleFile?: string;
 }
 
@@ -242,13 +242,14 @@ export class VmRun {
     ];
     // Its own process group, so that kill() ends QEMU too and not only `timeout`.
     this.child = spawn('timeout', args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    const consoleOut = opts.consoleFile ? fs.createWriteStream(opts.consoleFile) : undefined;
+    const consoleFile = opts.consoleFile ?? process.env.THINPOOL_VM_CONSOLE;
+    const consoleOut = consoleFile ? fs.createWriteStream(consoleFile, { flags: 'a' }) : undefined;
     const onData = (d: Buffer) => {
       const s = d.toString('utf8').replace(/\r/g, '');
       this.text += s;
       consoleOut?.write(s);
       this.waiters = this.waiters.filter((w) => {
-        const m = w.re.exec(this.text);
+        const m = w.re.exec(this.lines);
         if (m) w.resolve(m);
         return !m;
       });
@@ -269,9 +270,14 @@ export class VmRun {
     return this.text;
   }
 
-  /** Resolves when the console matches `re` (checked against everything so far). */
+  /** The complete lines of the console so far (a `$` must not match a line still arriving). */
+  private get lines(): string {
+    return this.text.slice(0, this.text.lastIndexOf('\n') + 1);
+  }
+
+  /** Resolves when the console's complete lines match `re` (checked against everything so far). */
   waitFor(re: RegExp, timeoutMs = 60_000): Promise<RegExpExecArray> {
-    const m = re.exec(this.text);
+    const m = re.exec(this.lines);
     if (m) return Promise.resolve(m);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {

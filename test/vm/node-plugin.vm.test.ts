@@ -334,13 +334,8 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     expect(helperAfter).not.toBe(helperBefore);
     await waitForWrites(restartWrites + 2, 60_000);
     const stalls: string[] = [];
-    for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
-      const before = writes();
-      const t0 = Date.now();
-      await controllerProcess.stop(signal);
-      await sleep(OUTAGE_MS);
-      const up = Date.now();
-      await controllerProcess.start(async () => {
+    const startController = () =>
+      controllerProcess.start(async () => {
         const c = connect(controllerProcess.endpoint, 'Identity');
         try {
           return (await c.call('Probe')).ready?.value === true;
@@ -348,12 +343,41 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
           c.close();
         }
       });
+    // Writes are counted from when the server is gone: later ones went through a new connection.
+    for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
+      const t0 = Date.now();
+      await controllerProcess.stop(signal);
+      const before = writes();
+      await sleep(OUTAGE_MS);
+      const up = Date.now();
+      await startController();
       const ready = Date.now();
-      const resumed = await waitForWrites(before + 2, 120_000);
-      await waitForWrites(before + 5, 60_000);
+      const resumed = await waitForWrites(before + 3, 120_000);
+      await waitForWrites(before + 6, 60_000);
       stalls.push(
         `${signal}: controller down ${up - t0} ms, ready again after ${ready - up} ms, ` +
           `writes resumed ${resumed - up} ms after the restart (stall ${resumed - t0} ms)`,
+      );
+    }
+    // The worst order: the node plugin (with its helpers) is down while the controller restarts,
+    // so nobody sees the link die. The new plugin's helper offers a fresh connection at start.
+    {
+      await sh.ok('kill_plugin');
+      const t0 = Date.now();
+      await controllerProcess.stop('SIGKILL');
+      const resumedWrites = waitForWrites(writes() + 3, 180_000);
+      resumedWrites.catch(() => undefined); // awaited below
+      await sleep(OUTAGE_MS);
+      await startController();
+      const up = Date.now();
+      await sh.ok('start_plugin');
+      await waitForPlugin();
+      const answered = Date.now();
+      const resumed = await resumedWrites;
+      await waitForWrites(writes() + 3, 60_000);
+      stalls.push(
+        `SIGKILL while the node plugin was down: controller back after ${up - t0} ms, node plugin ` +
+          `answering after ${answered - t0} ms (its start under TCG), writes resumed after ${resumed - t0} ms`,
       );
     }
     ctl.set('phase', 'stop');
@@ -363,7 +387,7 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     expect(dmesg.output).toBe('');
     // The helper's log lives in the volume's work directory until the unstage.
     const helperLog = await sh.ok('cat /var/lib/thinpool/work/*/nbd-reconnect.log');
-    const reconnected = helperLog.match(/reconnected .*$/gm) ?? [];
+    const reconnected = helperLog.match(/(reconnected|offered) .*$/gm) ?? [];
     // Cold: unstage (detach), stage again, drop caches, then every fsynced file must be intact.
     await node.call('NodeUnpublishVolume', { volume_id: vol, target_path: target });
     await node.call('NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
@@ -380,6 +404,7 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     console.log(
       [`${done[1]} files fsynced and verified after a cold re-stage`, ...stalls, ...reconnected].join('\n'),
     );
-    expect(reconnected.length).toBeGreaterThanOrEqual(2);
+    expect(reconnected.filter((l) => l.startsWith('reconnected')).length).toBeGreaterThanOrEqual(2);
+    expect(reconnected.filter((l) => l.startsWith('offered')).length).toBeGreaterThanOrEqual(2);
   });
 });

@@ -61,9 +61,9 @@ start_plugin() {
   echo $! > /tmp/node.pid
 }
 
-# What a restart of the node plugin's container does: the plugin and every helper it started
+# What the end of the node plugin's container does: the plugin and every helper it started
 # are killed; the kernel devices and mounts stay.
-restart_plugin() {
+kill_plugin() {
   kill -9 "$(cat /tmp/node.pid)"
   for p in /proc/[0-9]*; do
     case "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" in
@@ -71,6 +71,10 @@ restart_plugin() {
     esac
   done
   sleep 0.2
+}
+
+restart_plugin() {
+  kill_plugin
   start_plugin
 }
 
