@@ -41,9 +41,8 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
   let controller: Client;
   let pluginReadyS = 0;
 
-  beforeAll(async () => {
-    fs.mkdirSync(path.join(tmp.dir, 'kubelet'), { recursive: true });
-    await controllerProcess.start(async () => {
+  const startController = () =>
+    controllerProcess.start(async () => {
       const c = connect(controllerProcess.endpoint, 'Identity');
       try {
         return (await c.call('Probe')).ready?.value === true;
@@ -51,6 +50,10 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
         c.close();
       }
     });
+
+  beforeAll(async () => {
+    fs.mkdirSync(path.join(tmp.dir, 'kubelet'), { recursive: true });
+    await startController();
     controller = connect(controllerProcess.endpoint, 'Controller');
     await ctl.start();
     ctl.set('phase', 'run');
@@ -121,6 +124,43 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     return [volume.volume_id as string, publish_context as Context];
   }
 
+  /** ControllerExpandVolume, then NodeExpandVolume on the guest. */
+  async function expand(
+    vol: string,
+    cap: object,
+    bytes: number,
+    target: string,
+    staging: string,
+  ): Promise<void> {
+    const capacity_range = { required_bytes: bytes };
+    await controller.call('ControllerExpandVolume', {
+      volume_id: vol,
+      capacity_range,
+      volume_capability: cap,
+    });
+    const grown = await node.call('NodeExpandVolume', {
+      volume_id: vol,
+      volume_path: target,
+      staging_target_path: staging,
+      capacity_range,
+      volume_capability: cap,
+    });
+    expect(grown.capacity_bytes).toBe(bytes);
+  }
+
+  /** NodeUnpublishVolume + NodeUnstageVolume. */
+  async function unmount(vol: string, target: string, staging: string): Promise<void> {
+    await node.call('NodeUnpublishVolume', { volume_id: vol, target_path: target });
+    await node.call('NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
+  }
+
+  /** Stage and publish again with the guest's page cache dropped, so reads reach the pool. */
+  async function mountCold(stage: Record<string, unknown>, publish: Record<string, unknown>): Promise<void> {
+    await node.call('NodeStageVolume', stage);
+    await node.call('NodePublishVolume', publish);
+    await sh.ok('echo 3 > /proc/sys/vm/drop_caches');
+  }
+
   async function expectNoLeftovers(): Promise<void> {
     expect((await sh.ok('leftovers')).trim()).toBe('');
   }
@@ -162,39 +202,21 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
 
       // Online expansion: the controller grows the volume, the node grows the device (netlink
       // NBD_CMD_RECONFIGURE through nbd-reconnect -s) and then ext4.
-      await controller.call('ControllerExpandVolume', {
-        volume_id: vol,
-        capacity_range: { required_bytes: 512 * MiB },
-        volume_capability: cap,
-      });
-      const grown = await node.call('NodeExpandVolume', {
-        volume_id: vol,
-        volume_path: target,
-        staging_target_path: staging,
-        capacity_range: { required_bytes: 512 * MiB },
-        volume_capability: cap,
-      });
-      expect(grown.capacity_bytes).toBe(512 * MiB);
+      await expand(vol, cap, 512 * MiB, target, staging);
       expect(Number(await sh.ok(`blockdev --getsize64 ${dev}`))).toBe(512 * MiB);
       const after = await node.call('NodeGetVolumeStats', { volume_id: vol, volume_path: target });
       expect(after.usage[0].total).toBeGreaterThan(400 * MiB);
       expect(await sh.ok(`check_tree ${target} /tmp/fs.sums`)).toMatch(/^10 files intact$/m);
 
-      for (let i = 0; i < 2; i++) {
-        await node.call('NodeUnpublishVolume', { volume_id: vol, target_path: target });
-        await node.call('NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
-      }
+      for (let i = 0; i < 2; i++) await unmount(vol, target, staging);
       await expectNoLeftovers();
 
       // A fresh attach (nothing cached) still has the tree and the grown filesystem.
-      await node.call('NodeStageVolume', stage);
-      await node.call('NodePublishVolume', publish);
-      await sh.ok('echo 3 > /proc/sys/vm/drop_caches');
+      await mountCold(stage, publish);
       expect(await sh.ok(`check_tree ${target} /tmp/fs.sums`)).toMatch(/^10 files intact$/m);
       const again = await node.call('NodeGetVolumeStats', { volume_id: vol, volume_path: target });
       expect(again.usage[0].total).toBeGreaterThan(400 * MiB);
-      await node.call('NodeUnpublishVolume', { volume_id: vol, target_path: target });
-      await node.call('NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
+      await unmount(vol, target, staging);
       await sh.ok(`fsck_export ${fsType} ${ctx.endpoint} ${ctx.export}`);
       await expectNoLeftovers();
       await controller.call('ControllerUnpublishVolume', { volume_id: vol, node_id: 'vm' });
@@ -224,22 +246,9 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
       )
     ).split(' ')[0];
     expect(Number(await sh.ok(`blockdev --getsize64 ${target}`))).toBe(64 * MiB);
-    await controller.call('ControllerExpandVolume', {
-      volume_id: vol,
-      capacity_range: { required_bytes: 128 * MiB },
-      volume_capability: cap,
-    });
-    const grown = await node.call('NodeExpandVolume', {
-      volume_id: vol,
-      volume_path: target,
-      staging_target_path: staging,
-      capacity_range: { required_bytes: 128 * MiB },
-      volume_capability: cap,
-    });
-    expect(grown.capacity_bytes).toBe(128 * MiB);
+    await expand(vol, cap, 128 * MiB, target, staging);
     expect(Number(await sh.ok(`blockdev --getsize64 ${target}`))).toBe(128 * MiB);
-    await node.call('NodeUnpublishVolume', { volume_id: vol, target_path: target });
-    await node.call('NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
+    await unmount(vol, target, staging);
     await expectNoLeftovers();
 
     // Read the volume on the host through the same grant: the guest's bytes are in the pool.
@@ -334,15 +343,6 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     expect(helperAfter).not.toBe(helperBefore);
     await waitForWrites(restartWrites + 2, 60_000);
     const stalls: string[] = [];
-    const startController = () =>
-      controllerProcess.start(async () => {
-        const c = connect(controllerProcess.endpoint, 'Identity');
-        try {
-          return (await c.call('Probe')).ready?.value === true;
-        } finally {
-          c.close();
-        }
-      });
     // Writes are counted from when the server is gone: later ones went through a new connection.
     for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
       const t0 = Date.now();
@@ -389,16 +389,12 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     const helperLog = await sh.ok('cat /var/lib/thinpool/work/*/nbd-reconnect.log');
     const reconnected = helperLog.match(/(reconnected|offered) .*$/gm) ?? [];
     // Cold: unstage (detach), stage again, drop caches, then every fsynced file must be intact.
-    await node.call('NodeUnpublishVolume', { volume_id: vol, target_path: target });
-    await node.call('NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
+    await unmount(vol, target, staging);
     await expectNoLeftovers();
-    await node.call('NodeStageVolume', stage);
-    await node.call('NodePublishVolume', publish);
-    await sh.ok('echo 3 > /proc/sys/vm/drop_caches');
+    await mountCold(stage, publish);
     const verified = await sh.ok(`cd ${target} && sha256sum -c /tmp/acked | grep -c ': OK$'`);
     expect(Number(verified)).toBe(Number(done[1]));
-    await node.call('NodeUnpublishVolume', { volume_id: vol, target_path: target });
-    await node.call('NodeUnstageVolume', { volume_id: vol, staging_target_path: staging });
+    await unmount(vol, target, staging);
     await sh.ok(`fsck_export ext4 ${ctx.endpoint} ${ctx.export}`);
     await expectNoLeftovers();
     console.log(
