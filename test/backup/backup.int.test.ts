@@ -189,9 +189,10 @@ describe('backup through the CSI driver', () => {
     const repo = await Repository.open(repoDir);
     const full = await repo.readManifest(points[0].backupId);
     const victim = full.chunks.find((c) => c[2])![2];
-    const file = repo.chunkPath(victim);
+    // Flip the last byte of the chunk's record inside its pack.
+    const { file, offset, length } = (await repo.locateChunk(victim))!;
     const bytes = fs.readFileSync(file);
-    bytes[bytes.length - 1] ^= 0xff;
+    bytes[offset + length - 1] ^= 0xff;
     fs.writeFileSync(file, bytes);
 
     const verify = await runCli(['backup', 'verify', '--repo', repoDir, '--quiet']);
@@ -290,16 +291,15 @@ describe('interrupted backups', () => {
     await t.close();
   });
 
-  async function waitForChunks(repoDir: string, atLeast: number): Promise<void> {
-    for (let i = 0; i < 400; i++) {
-      const dir = path.join(repoDir, 'chunks');
-      const count = fs.existsSync(dir)
-        ? fs.readdirSync(dir).reduce((n, d) => n + fs.readdirSync(path.join(dir, d)).length, 0)
-        : 0;
+  /** Waits until the backup has sealed `atLeast` packs (of 8 MiB here: --pack-size below). */
+  async function waitForPacks(repoDir: string, atLeast: number): Promise<void> {
+    for (let i = 0; i < 2000; i++) {
+      const dir = path.join(repoDir, 'packs');
+      const count = fs.existsSync(dir) ? fs.readdirSync(dir).length : 0;
       if (count >= atLeast) return;
-      await new Promise((r) => setTimeout(r, 25));
+      await new Promise((r) => setTimeout(r, 5));
     }
-    throw new Error('the backup wrote no chunks');
+    throw new Error('the backup sealed no pack');
   }
 
   test('SIGKILL mid-way: the repository verifies and the next run succeeds', async () => {
@@ -315,10 +315,12 @@ describe('interrupted backups', () => {
       repoDir,
       '--connections',
       '1',
+      '--pack-size',
+      '8M',
       '--quiet',
     ]);
     const exited = new Promise((r) => child.on('exit', r));
-    await waitForChunks(repoDir, 8);
+    await waitForPacks(repoDir, 2);
     child.kill('SIGKILL');
     await exited;
     expect(fs.existsSync(path.join(repoDir, 'lock'))).toBe(true);
@@ -364,10 +366,12 @@ describe('interrupted backups', () => {
       repoDir,
       '--connections',
       '1',
+      '--pack-size',
+      '8M',
       '--quiet',
     ]);
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-    await waitForChunks(repoDir, 4);
+    await waitForPacks(repoDir, 1);
     child.kill('SIGTERM');
     expect(await exited).toBe(130);
     expect(fs.existsSync(path.join(repoDir, 'lock'))).toBe(false);
@@ -387,10 +391,15 @@ describe('interrupted backups', () => {
       repoDir,
       '--connections',
       '1',
+      '--pack-size',
+      '8M',
       '--quiet',
     ]);
     const exited = new Promise<number | null>((r) => first.on('exit', (code) => r(code)));
-    await waitForChunks(repoDir, 1);
+    await waitForPacks(repoDir, 1);
+    // Backups are fast now: hold the first writer still (lock taken, data half copied) while the
+    // second one starts, then let it finish.
+    first.kill('SIGSTOP');
     const second = await runCli([
       'backup',
       'create',
@@ -402,6 +411,7 @@ describe('interrupted backups', () => {
       repoDir,
       '--quiet',
     ]);
+    first.kill('SIGCONT');
     expect(second.code).toBe(1);
     expect(second.stderr).toMatch(/is locked by backup create .* \(pid \d+ on /);
     expect(await exited).toBe(0);
