@@ -32,6 +32,7 @@ interface BackupSummary {
   bytesRead: number;
   bytesStored: number;
   durationMs: number;
+  phases: { setupMs: number; copyMs: number; finishMs: number };
 }
 
 async function backup(endpoint: string, args: string[]): Promise<BackupSummary> {
@@ -42,7 +43,11 @@ async function backup(endpoint: string, args: string[]): Promise<BackupSummary> 
       maxBuffer: 16 * MiB,
     },
   );
-  return JSON.parse(stdout) as BackupSummary;
+  const summary = JSON.parse(stdout) as BackupSummary;
+  process.stderr.write(
+    `  backup ${args.join(' ')}: ${summary.durationMs} ms ${JSON.stringify(summary.phases)}\n`,
+  );
+  return summary;
 }
 
 async function waitReady(csi: CsiClient, driver: ChildProcess): Promise<void> {
