@@ -343,11 +343,12 @@ async function copyChunks(
   const pieces = cutOnGrid(ranges, chunkBytes);
   const readBytes = Math.max(chunkBytes, READ_BYTES);
   const reads = groupReads(pieces, readBytes);
-  const parallel = options.parallel ?? defaultParallel(reads);
+  // One lane per request in flight, each with its own slice of the slab.
+  const parallel = Math.max(1, Math.min(options.parallel ?? defaultParallel(reads), reads.length));
   const slotBytes = Math.min(readBytes, Math.max(0, ...reads.map((r) => r.length)));
-  const slab = new SharedArrayBuffer(Math.max(1, slotBytes * Math.min(parallel, reads.length)));
+  const slab = new SharedArrayBuffer(Math.max(1, slotBytes * parallel));
   const slabView = Buffer.from(slab);
-  const hashes = new HashPool(slab, options.hashThreads ?? defaultHashThreads());
+  const hashes = new HashPool(slab, reads.length ? (options.hashThreads ?? defaultHashThreads()) : 0);
   const chunks: ChunkEntry[] = [];
   const firstChunk: number[] = [];
   for (const read of reads) {

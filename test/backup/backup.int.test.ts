@@ -279,12 +279,13 @@ describe('interrupted backups', () => {
   let t: BackupDriver;
   let source: SourceVolume;
   let snapshotId: string;
+  let content: Buffer;
 
   beforeAll(async () => {
     t = await startBackupDriver();
     source = await SourceVolume.create(t.csi, 'big', 256 * MiB);
     await source.write(0, randomBytes(192 * MiB));
-    snapshotId = (await source.snapshot('big-0')).id;
+    ({ id: snapshotId, content } = await source.snapshot('big-0'));
   });
   afterAll(async () => {
     await source.close();
@@ -301,6 +302,27 @@ describe('interrupted backups', () => {
     }
     throw new Error('the backup sealed no pack');
   }
+
+  test('a 64 KiB chunk grid: runs of chunks read together, many packs, byte-identical restore', async () => {
+    const repoDir = path.join(t.dir, 'repo-small-grid');
+    const summary = await createBackup({
+      driver: t.endpoint,
+      snapshotId,
+      repoDir,
+      chunkBytes: 64 * 1024,
+      packBytes: 16 * MiB,
+      connections: 2,
+    });
+    expect(summary.rangeBytes).toBe(192 * MiB);
+    expect(summary.chunksNew).toBe((192 * MiB) / (64 * 1024));
+    expect(summary.bytesRead).toBeLessThanOrEqual(1.05 * summary.rangeBytes);
+    expect(fs.readdirSync(path.join(repoDir, 'packs')).length).toBeGreaterThanOrEqual(12);
+    const file = path.join(t.dir, 'small-grid.img');
+    await restoreBackup({ repoDir, backupId: summary.backupId, target: { kind: 'file', path: file } });
+    expect(fs.readFileSync(file).equals(content)).toBe(true);
+    fs.rmSync(file);
+    fs.rmSync(repoDir, { recursive: true });
+  });
 
   test('SIGKILL mid-way: the repository verifies and the next run succeeds', async () => {
     const repoDir = path.join(t.dir, 'repo-kill');
