@@ -83,7 +83,9 @@ export class PackWriter {
       await this.handle.datasync();
       await this.handle.close();
     } catch (e) {
+      // (a full disk, most likely: the pack is dropped; its chunks were never named by a manifest)
       await this.handle.close().catch(() => undefined);
+      await fsp.rm(this.tmpFile, { force: true });
       throw new Error(`sealing pack ${this.tmpFile}: ${(e as Error).message}`);
     }
     await fsp.rename(this.tmpFile, this.file);

@@ -215,6 +215,8 @@ export interface VerifyReport {
 export class Repository {
   /** hash → location of every stored chunk; loaded on first use, kept up to date by this process. */
   private index: Map<string, ChunkLocation> | undefined;
+  /** Packs whose header could not be read, with the reason. */
+  readonly unreadablePacks: string[] = [];
 
   private constructor(
     readonly dir: string,
@@ -345,7 +347,12 @@ export class Repository {
     const worker = async () => {
       while (next < packs.length) {
         const pack = path.join(this.packsDir, packs[next++]);
-        for (const entry of await readPackIndex(pack)) index.set(entry.hash, { pack, entry });
+        try {
+          for (const entry of await readPackIndex(pack)) index.set(entry.hash, { pack, entry });
+        } catch (e) {
+          // Its chunks count as missing: verify names them, restore refuses what needs them.
+          this.unreadablePacks.push(`${pack} (${(e as Error).message})`);
+        }
       }
     };
     await Promise.all(Array.from({ length: 8 }, worker));
@@ -383,7 +390,10 @@ export class Repository {
   /** Reads a chunk and checks it against its name; throws ChunkError otherwise. */
   async getChunk(hash: string): Promise<Buffer> {
     const at = (await this.loadIndex()).get(hash);
-    if (!at) throw new ChunkError(hash, this.packsDir, 'missing', 'in no pack of the repository');
+    if (!at) {
+      const damaged = this.unreadablePacks.length ? `; unreadable: ${this.unreadablePacks.join(', ')}` : '';
+      throw new ChunkError(hash, this.packsDir, 'missing', `in no pack of the repository${damaged}`);
+    }
     const data = 'file' in at ? await this.readChunkFile(hash, at.file) : await this.readPackRecord(hash, at);
     if (sha256(data) !== hash)
       throw new ChunkError(hash, 'file' in at ? at.file : at.pack, 'corrupt', 'SHA-256 does not match');

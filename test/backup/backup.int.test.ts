@@ -1,6 +1,7 @@
 // Backup and restore end to end through the real driver: CSI on a unix socket, a real thin pool,
 // NBD on loopback. Needs the built CLI (global setup builds it).
 import { nbdBytes } from '../../src/metrics/registry';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -322,6 +323,31 @@ describe('interrupted backups', () => {
     expect(fs.readFileSync(file).equals(content)).toBe(true);
     fs.rmSync(file);
     fs.rmSync(repoDir, { recursive: true });
+  });
+
+  test('a full disk mid-way: the backup fails clearly, the repository stays valid', async () => {
+    const disk = path.join(t.dir, 'small-disk');
+    fs.mkdirSync(disk);
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=40m', 'tmpfs', disk]);
+    } catch {
+      return; // mounting a small file system needs root, as the rest of this suite's CI does
+    }
+    try {
+      const repoDir = path.join(disk, 'repo');
+      await expect(
+        createBackup({ driver: t.endpoint, snapshotId, repoDir, packBytes: 8 * MiB }),
+      ).rejects.toThrow(/ENOSPC/);
+      const report = await (await Repository.open(repoDir)).verify();
+      expect(report).toMatchObject({ backups: 0, problems: [] });
+      // Packs sealed before the disk filled are durable, unreferenced, and nothing else is left.
+      expect(report.orphanChunks).toBeGreaterThan(0);
+      expect(fs.readdirSync(path.join(repoDir, 'tmp'))).toEqual([]);
+      expect(fs.existsSync(path.join(repoDir, 'lock'))).toBe(false);
+      expect(await t.csi.listVolumeIds()).toEqual([source.volumeId]);
+    } finally {
+      execFileSync('umount', [disk]);
+    }
   });
 
   test('SIGKILL mid-way: the repository verifies and the next run succeeds', async () => {

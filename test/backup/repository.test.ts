@@ -164,6 +164,13 @@ describe('repository', () => {
     fs.writeFileSync(file, bytes);
     const fresh = await Repository.open(dir);
     for (const d of data) expect((await fresh.getChunk(sha256(d))).equals(d)).toBe(true);
+
+    // A pack that is not one at all: its chunks are missing, and the message says which pack.
+    fs.writeFileSync(file, 'not a pack');
+    const broken = await Repository.open(dir);
+    await expect(broken.getChunk(sha256(data[0]))).rejects.toThrow(
+      /missing.*unreadable: .*not a version 1 pack/,
+    );
   });
 
   test('packs are sealed at the pack size, durable before finish returns', async () => {
