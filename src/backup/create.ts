@@ -5,7 +5,6 @@
 // is unpublished and deleted whatever happens.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { availableParallelism } from 'node:os';
 import os from 'node:os';
 import { logger } from '../log';
 import { CsiClient, packageFile } from './csi-client';
@@ -81,7 +80,7 @@ export interface CreateSummary {
 const READ_BYTES = 1024 * 1024;
 
 function defaultHashThreads(): number {
-  return availableParallelism() <= 2 ? 1 : 2;
+  return os.availableParallelism() <= 2 ? 1 : 2;
 }
 
 export function defaultNodeId(): string {
