@@ -20,6 +20,7 @@ export class ChunkWriter {
   private readonly sealing: Promise<SealedPack>[] = [];
   /** Chunks appended by this run but not yet in a sealed pack: a second copy is not written. */
   private readonly pending = new Set<string>();
+  private failure: Error | undefined;
 
   private constructor(
     private readonly repo: Repository,
@@ -43,6 +44,7 @@ export class ChunkWriter {
 
   /** Stores `data` under `hash` unless it is there; `data` may be reused once this resolves. */
   async put(hash: string, data: Buffer): Promise<PutResult> {
+    if (this.failure) throw this.failure;
     if (await this.has(hash)) return { storedBytes: 0, reused: true };
     this.pending.add(hash);
     const { payload, codec } = await encodeChunk(data, this.codec);
@@ -57,10 +59,20 @@ export class ChunkWriter {
     // Positions are handed out at once: a pack past its size is sealed after this record.
     if (pack.bytes >= this.packBytes) {
       this.current = undefined;
-      this.sealing.push(this.seal(pack));
+      this.startSeal(pack);
     }
     await written;
     return { storedBytes: RECORD_HEADER_BYTES + payload.length, reused: false };
+  }
+
+  /**
+   * Seals in the background. A failure (a full disk) is kept and fails the next put and
+   * `finish`, rather than surfacing as an unhandled rejection while reads go on.
+   */
+  private startSeal(pack: PackWriter): void {
+    const sealing = this.seal(pack);
+    sealing.catch((e: Error) => (this.failure ??= e));
+    this.sealing.push(sealing);
   }
 
   private async seal(pack: PackWriter): Promise<SealedPack> {
@@ -75,7 +87,7 @@ export class ChunkWriter {
     if (this.current) {
       const last = await this.current;
       this.current = undefined;
-      this.sealing.push(this.seal(last));
+      this.startSeal(last);
     }
     const results = await Promise.allSettled(this.sealing);
     const failed = results.find((r) => r.status === 'rejected');

@@ -33,7 +33,8 @@ export class PackWriter {
     private readonly tmpFile: string,
     readonly file: string,
   ) {
-    this.track(handle.write(packHeader(), 0, PACK_HEADER_BYTES, 0));
+    // A failure here is kept in `failure` and reported by the next append or by seal.
+    this.track(handle.write(packHeader(), 0, PACK_HEADER_BYTES, 0)).catch(() => undefined);
   }
 
   static async create(tmpDir: string, packsDir: string): Promise<PackWriter> {
