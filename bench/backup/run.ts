@@ -24,6 +24,46 @@ function option(args: string[], flag: string, fallback: string): string {
 }
 
 const mbps = (bytes: number, ms: number) => bytes / MiB / (ms / 1000);
+
+/** CPU seconds (user + system) of a process, or of the children it has reaped, from /proc. */
+function cpuSeconds(pid: number | 'self', children = false): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // fields[0] is field 3 (state)
+  const [user, system] = children ? [fields[13], fields[14]] : [fields[11], fields[12]];
+  return (Number(user) + Number(system)) / 100; // USER_HZ is 100 on Linux
+}
+
+/** CPU seconds per GiB moved: the client program's (a child of ours) and the driver's. */
+interface CpuCost {
+  client: number;
+  driver: number;
+}
+let driverPid = 0;
+
+async function withCpu<T>(bytes: (value: T) => number, fn: () => Promise<T>): Promise<[T, CpuCost]> {
+  const c0 = cpuSeconds('self', true);
+  const d0 = cpuSeconds(driverPid);
+  const value = await fn();
+  const gib = bytes(value) / (1024 * MiB);
+  return [
+    value,
+    { client: (cpuSeconds('self', true) - c0) / gib, driver: (cpuSeconds(driverPid) - d0) / gib },
+  ];
+}
+
+/** MiB/s that the machine's CPUs could sustain at this cost, if nothing else ran. */
+const ceiling = (c: CpuCost[]) =>
+  (os.availableParallelism() * 1024) / median(c.map((x) => x.client + x.driver));
+
+/** The phases of the run with the median duration. */
+function phaseCell(runs: BackupSummary[]): string {
+  if (!runs.length) return '';
+  const p = [...runs].sort((a, b) => a.durationMs - b.durationMs)[Math.floor(runs.length / 2)].phases;
+  return `${p.setupMs} / ${p.copyMs} / ${p.finishMs}`;
+}
+
+const cpuCell = (c: CpuCost[]) =>
+  `${median(c.map((x) => x.client)).toFixed(2)} + ${median(c.map((x) => x.driver)).toFixed(2)}`;
 const fmt = (x: number) => x.toFixed(0);
 
 interface BackupSummary {
@@ -32,6 +72,7 @@ interface BackupSummary {
   bytesRead: number;
   bytesStored: number;
   durationMs: number;
+  phases: { setupMs: number; copyMs: number; finishMs: number };
 }
 
 async function backup(endpoint: string, args: string[]): Promise<BackupSummary> {
@@ -42,7 +83,11 @@ async function backup(endpoint: string, args: string[]): Promise<BackupSummary> 
       maxBuffer: 16 * MiB,
     },
   );
-  return JSON.parse(stdout) as BackupSummary;
+  const summary = JSON.parse(stdout) as BackupSummary;
+  process.stderr.write(
+    `  backup ${args.join(' ')}: ${summary.durationMs} ms ${JSON.stringify(summary.phases)}\n`,
+  );
+  return summary;
 }
 
 async function waitReady(csi: CsiClient, driver: ChildProcess): Promise<void> {
@@ -92,6 +137,7 @@ async function main(): Promise<void> {
     ],
     { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, THINPOOL_LOG_LEVEL: 'warn' } },
   );
+  driverPid = driver.pid!;
   const csi = new CsiClient(endpoint);
   try {
     await waitReady(csi, driver);
@@ -121,21 +167,30 @@ async function main(): Promise<void> {
     const memRates: number[] = [];
     const shm = fs.existsSync('/dev/shm') ? fs.mkdtempSync('/dev/shm/backup-bench-') : undefined;
     const fullRuns: BackupSummary[] = [];
+    const fioCpu: CpuCost[] = [];
+    const fullCpu: CpuCost[] = [];
+    const memCpu: CpuCost[] = [];
+    const memRuns: BackupSummary[] = [];
     for (let rep = 0; rep < reps; rep++) {
-      const { stdout } = await run(
-        'fio',
-        [
-          '--name=seq',
-          '--ioengine=nbd',
-          `--uri=${uri}`,
-          '--rw=read',
-          '--bs=1M',
-          '--iodepth=16',
-          `--size=${dataBytes / MiB}M`,
-          '--output-format=json',
-        ],
-        { maxBuffer: 16 * MiB },
+      const [{ stdout }, fioCost] = await withCpu(
+        () => dataBytes,
+        () =>
+          run(
+            'fio',
+            [
+              '--name=seq',
+              '--ioengine=nbd',
+              `--uri=${uri}`,
+              '--rw=read',
+              '--bs=1M',
+              '--iodepth=16',
+              `--size=${dataBytes / MiB}M`,
+              '--output-format=json',
+            ],
+            { maxBuffer: 16 * MiB },
+          ),
       );
+      fioCpu.push(fioCost);
       const fio = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: { read: { bw_bytes: number } }[] };
       fioRates.push(fio.jobs[0].read.bw_bytes / MiB);
 
@@ -155,11 +210,20 @@ async function main(): Promise<void> {
       await pool.close();
 
       const repo = path.join(dir, `repo-full-${rep}`);
-      const full = await backup(endpoint, ['--snapshot', snapshot, '--repo', repo]);
+      const [full, fullCost] = await withCpu(
+        (r) => r.rangeBytes,
+        () => backup(endpoint, ['--snapshot', snapshot, '--repo', repo]),
+      );
+      fullCpu.push(fullCost);
       fullRuns.push(full);
       fullRates.push(mbps(full.rangeBytes, full.durationMs));
       if (shm) {
-        const mem = await backup(endpoint, ['--snapshot', snapshot, '--repo', path.join(shm, `repo-${rep}`)]);
+        const [mem, memCost] = await withCpu(
+          (r) => r.rangeBytes,
+          () => backup(endpoint, ['--snapshot', snapshot, '--repo', path.join(shm, `repo-${rep}`)]),
+        );
+        memCpu.push(memCost);
+        memRuns.push(mem);
         memRates.push(mbps(mem.rangeBytes, mem.durationMs));
         fs.rmSync(path.join(shm, `repo-${rep}`), { recursive: true, force: true });
       }
@@ -187,18 +251,22 @@ async function main(): Promise<void> {
     await csi.unpublish(plain.volumeId, 'bench-reader');
     await csi.deleteVolume(plain.volumeId);
 
-    const deflated = await backup(endpoint, [
-      '--snapshot',
-      snapshot,
-      '--repo',
-      path.join(dir, 'repo-deflate'),
-      '--compress',
-      'deflate',
-    ]);
+    const [deflated, deflateCpu] = await withCpu(
+      (r) => r.rangeBytes,
+      () =>
+        backup(endpoint, [
+          '--snapshot',
+          snapshot,
+          '--repo',
+          path.join(dir, 'repo-deflate'),
+          '--compress',
+          'deflate',
+        ]),
+    );
 
     // Incrementals after N MiB of random 64 KiB block writes.
     const repo = path.join(dir, 'repo-full-0');
-    const incrementals: { changed: number; s: BackupSummary }[] = [];
+    const incrementals: { changed: number; s: BackupSummary; cpu: CpuCost }[] = [];
     for (const changedMiB of [16, 64, 256]) {
       const blocks = new Set<number>();
       while (blocks.size < (changedMiB * MiB) / (64 * 1024))
@@ -206,8 +274,11 @@ async function main(): Promise<void> {
       await Promise.all([...blocks].map((b) => writer.write(b * 64 * 1024, blockData(64 * 1024))));
       await writer.flush();
       const next = await csi.createSnapshot(source.volumeId, `bench-${changedMiB}`);
-      const s = await backup(endpoint, ['--snapshot', next, '--base', snapshot, '--repo', repo]);
-      incrementals.push({ changed: changedMiB * MiB, s });
+      const [s, cpu] = await withCpu(
+        (r) => r.rangeBytes,
+        () => backup(endpoint, ['--snapshot', next, '--base', snapshot, '--repo', repo]),
+      );
+      incrementals.push({ changed: changedMiB * MiB, s, cpu });
       snapshot = next;
       process.stderr.write(
         `incremental after ${changedMiB} MiB: ${fmt(mbps(s.rangeBytes, s.durationMs))} MiB/s\n`,
@@ -225,20 +296,28 @@ async function main(): Promise<void> {
       `snapshot holds ${dataBytes / MiB} MiB of data (half random, half repetitive per 64 KiB block) in a`,
       `${volumeBytes / MiB} MiB volume. Repository on the local disk, no compression unless stated; median of ${reps}.`,
       'Backup throughput counts the bytes the metadata service listed over the whole command run',
-      '(CSI calls, temporary volume, NBD reads, SHA-256, chunk files with fsync, manifest).',
+      '(CSI calls, temporary volume, NBD reads, SHA-256, pack files with fsync, manifest). CPU is',
+      'user + system seconds per GiB listed, of the client program (fio, or the whole backup process',
+      "with its start) and of the driver; phases are the backup's own: CSI calls and connections",
+      'before the first read / reading, hashing and storing / sealing the last pack, manifest, cleanup.',
       '',
-      '| what | MiB/s | vs fio seq read |',
-      '| --- | ---: | ---: |',
-      `| fio nbd engine, seq read 1M qd16 (same snapshot export) | ${fmt(fioMedian)} | 1.00 |`,
-      `| our NBD client alone, 4 connections × 16 × 1 MiB | ${fmt(median(clientRates))} | ${(median(clientRates) / fioMedian).toFixed(2)} |`,
-      `| full backup, repository in tmpfs (/dev/shm) | ${memRates.length ? fmt(median(memRates)) : 'n/a'} | **${memRates.length ? (median(memRates) / fioMedian).toFixed(2) : 'n/a'}** |`,
-      `| full backup, repository on the local disk | ${fmt(fullMedian)} | **${(fullMedian / fioMedian).toFixed(2)}** |`,
-      `| (the local disk: dd 1M writes + fdatasync, the ceiling for the line above) | ${fmt(ddRate)} | ${(ddRate / fioMedian).toFixed(2)} |`,
-      `| full backup, local disk, deflate (stored ${fmt(deflated.bytesStored / MiB)} of ${fmt(deflated.rangeBytes / MiB)} MiB) | ${fmt(mbps(deflated.rangeBytes, deflated.durationMs))} | ${(mbps(deflated.rangeBytes, deflated.durationMs) / fioMedian).toFixed(2)} |`,
+      '| what | MiB/s | vs fio seq read | CPU s/GiB client + driver | phases ms |',
+      '| --- | ---: | ---: | ---: | ---: |',
+      `| fio nbd engine, seq read 1M qd16 (same snapshot export) | ${fmt(fioMedian)} | 1.00 | ${cpuCell(fioCpu)} | |`,
+      `| our NBD client alone, 4 connections × 16 × 1 MiB | ${fmt(median(clientRates))} | ${(median(clientRates) / fioMedian).toFixed(2)} | | |`,
+      `| full backup, repository in tmpfs (/dev/shm) | ${memRates.length ? fmt(median(memRates)) : 'n/a'} | **${memRates.length ? (median(memRates) / fioMedian).toFixed(2) : 'n/a'}** | ${memCpu.length ? cpuCell(memCpu) : ''} | ${phaseCell(memRuns)} |`,
+      `| full backup, repository on the local disk | ${fmt(fullMedian)} | **${(fullMedian / fioMedian).toFixed(2)}** | ${cpuCell(fullCpu)} | ${phaseCell(fullRuns)} |`,
+      `| (the local disk: dd 1M writes + fdatasync, the ceiling for the line above) | ${fmt(ddRate)} | ${(ddRate / fioMedian).toFixed(2)} | | |`,
+      `| full backup, local disk, deflate (stored ${fmt(deflated.bytesStored / MiB)} of ${fmt(deflated.rangeBytes / MiB)} MiB) | ${fmt(mbps(deflated.rangeBytes, deflated.durationMs))} | ${(mbps(deflated.rangeBytes, deflated.durationMs) / fioMedian).toFixed(2)} | ${cpuCell([deflateCpu])} | ${phaseCell([deflated])} |`,
       ...incrementals.map(
-        ({ changed, s }) =>
-          `| incremental after ${changed / MiB} MiB of random 64 KiB writes | ${fmt(mbps(s.rangeBytes, s.durationMs))} | ${(mbps(s.rangeBytes, s.durationMs) / fioMedian).toFixed(2)} |`,
+        ({ changed, s, cpu }) =>
+          `| incremental after ${changed / MiB} MiB of random 64 KiB writes | ${fmt(mbps(s.rangeBytes, s.durationMs))} | ${(mbps(s.rangeBytes, s.durationMs) / fioMedian).toFixed(2)} | ${cpuCell([cpu])} | ${phaseCell([s])} |`,
       ),
+      '',
+      `CPU ceilings (${os.availableParallelism()} CPUs ÷ CPU per GiB, if nothing else ran): fio ${fmt(ceiling(fioCpu))} MiB/s, ` +
+        `full backup to tmpfs ${memCpu.length ? fmt(ceiling(memCpu)) : 'n/a'} MiB/s, to the local disk ${fmt(ceiling(fullCpu))} MiB/s: ` +
+        `a backup can reach at most ${memCpu.length ? (ceiling(memCpu) / ceiling(fioCpu)).toFixed(2) : 'n/a'}× (tmpfs) and ` +
+        `${(ceiling(fullCpu) / ceiling(fioCpu)).toFixed(2)}× (disk) of fio on this machine.`,
       '',
       'Incremental size versus changed data:',
       '',

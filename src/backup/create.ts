@@ -9,8 +9,10 @@ import os from 'node:os';
 import { logger } from '../log';
 import { CsiClient, packageFile } from './csi-client';
 import { NbdConnectionPool, parseNbdEndpoint } from './nbd-client';
+import { ChunkWriter } from './chunk-writer';
+import { HashPool } from './hash-pool';
 import { type Progress, silentProgress } from './progress';
-import { type ByteRange, cutOnGrid, totalBytes } from './ranges';
+import { type ByteRange, type ReadRequest, cutOnGrid, groupReads, totalBytes } from './ranges';
 import {
   type ChunkEntry,
   type Codec,
@@ -18,7 +20,6 @@ import {
   MANIFEST_FORMAT,
   Repository,
   newBackupId,
-  sha256,
 } from './repository';
 
 const log = logger('backup');
@@ -41,8 +42,12 @@ export interface CreateOptions {
   nodeId?: string;
   /** NBD connections to the export (default 4). */
   connections?: number;
-  /** Chunks being read or stored at once (default 16). */
+  /** NBD reads in flight, each with its buffer (default: ~32 MiB worth, 16…128). */
   parallel?: number;
+  /** Threads hashing chunks (default 1 on a machine with up to 2 CPUs, else 2; 0: the main thread). */
+  hashThreads?: number;
+  /** Size at which a pack is sealed and a new one started (default 32 MiB). */
+  packBytes?: number;
   compression?: Codec;
   /** Chunk grid of a new repository. */
   chunkBytes?: number;
@@ -67,6 +72,15 @@ export interface CreateSummary {
   chunksReused: number;
   durationMs: number;
   bytesPerSecond: number;
+  /** Where the time went: CSI calls and connections before the first read, reading and storing, the rest. */
+  phases: { setupMs: number; copyMs: number; finishMs: number };
+}
+
+/** Chunks that touch are read together up to this size (or the chunk size, if larger). */
+const READ_BYTES = 1024 * 1024;
+
+function defaultHashThreads(): number {
+  return os.availableParallelism() <= 2 ? 1 : 2;
 }
 
 export function defaultNodeId(): string {
@@ -131,30 +145,41 @@ export async function withSnapshotVolume<T>(
   }
 }
 
-/** Runs `worker` on items with `parallel` at a time, stopping at the first failure or abort. */
+/**
+ * Runs `worker` on items with `parallel` at a time, stopping at the first failure or abort. Each
+ * of the `parallel` lanes has a number (0…parallel-1) the worker may use to own a buffer.
+ */
 export async function forEachParallel<T>(
   items: T[],
   parallel: number,
   signal: AbortSignal | undefined,
-  worker: (item: T) => Promise<void>,
+  worker: (item: T, lane: number) => Promise<void>,
 ): Promise<void> {
   let next = 0;
   let failed = false;
-  const run = async () => {
+  const run = async (lane: number) => {
     while (!failed && next < items.length) {
       if (signal?.aborted) throw new AbortedError();
       const item = items[next++];
       try {
-        await worker(item);
+        await worker(item, lane);
       } catch (e) {
         failed = true;
         throw e;
       }
     }
   };
-  const results = await Promise.allSettled(Array.from({ length: Math.max(1, parallel) }, run));
+  const results = await Promise.allSettled(
+    Array.from({ length: Math.max(1, parallel) }, (_, lane) => run(lane)),
+  );
   const failure = results.find((r) => r.status === 'rejected');
   if (failure) throw (failure as PromiseRejectedResult).reason;
+}
+
+/** Requests in flight: enough to cover ~32 MiB (the read buffers), between 16 and 128. */
+function defaultParallel(reads: ReadRequest[]): number {
+  const average = reads.length ? totalBytes(reads) / reads.length : 1;
+  return Math.max(16, Math.min(128, Math.round((32 * 1024 * 1024) / average)));
 }
 
 export async function createBackup(options: CreateOptions): Promise<CreateSummary> {
@@ -165,86 +190,82 @@ export async function createBackup(options: CreateOptions): Promise<CreateSummar
   const repo = await Repository.open(options.repoDir, { create: true, chunkBytes: options.chunkBytes });
   const lock = await repo.lock(`backup create ${options.snapshotId}`);
   const csi = new CsiClient(options.driver);
+  // The fixed costs of a run overlap: the range listing, the snapshot lookup, the repository
+  // index and the temporary volume are independent of each other.
+  const metadataPromise = csi.metadataRanges(options.snapshotId, options.baseSnapshotId);
+  metadataPromise.catch(() => undefined); // awaited below; not an unhandled rejection meanwhile
+  let writer: ChunkWriter | undefined;
   try {
+    const [snapshot, all, chunkWriter] = await Promise.all([
+      csi.getSnapshot(options.snapshotId),
+      options.baseSnapshotId ? repo.listManifests() : Promise.resolve([]),
+      ChunkWriter.open(repo, { codec, packBytes: options.packBytes }),
+    ]);
+    writer = chunkWriter;
     let parent: Manifest | undefined;
     if (options.baseSnapshotId) {
-      const all = await repo.listManifests();
       parent = all.reverse().find((m) => m.snapshotId === options.baseSnapshotId);
       if (!parent)
         throw new Error(
           `the base snapshot ${options.baseSnapshotId} has no backup in ${options.repoDir}: back it up first`,
         );
     }
-    const snapshot = await csi.getSnapshot(options.snapshotId);
     if (parent && parent.sourceVolumeId && snapshot.sourceVolumeId !== parent.sourceVolumeId)
       throw new Error(
         `snapshot ${options.snapshotId} is of volume ${snapshot.sourceVolumeId}, the base of ${parent.sourceVolumeId}`,
       );
-    const metadata = await csi.metadataRanges(options.snapshotId, options.baseSnapshotId);
-    const ranges = metadata.ranges;
+    const sizeBytes =
+      snapshot.sizeBytes > 0 ? snapshot.sizeBytes : (await metadataPromise).volumeCapacityBytes;
+
     const chunkBytes = repo.config.chunkBytes;
-    const pieces = cutOnGrid(ranges, chunkBytes);
-    const rangeBytes = totalBytes(ranges);
-    log.info('backing up', {
-      snapshot: options.snapshotId,
-      base: options.baseSnapshotId ?? null,
-      ranges: ranges.length,
-      bytes: rangeBytes,
-    });
-
-    const chunks: ChunkEntry[] = new Array<ChunkEntry>(pieces.length);
-    const touched = new Set<string>();
-    const zero = Buffer.alloc(chunkBytes);
-    let bytesStored = 0;
-    let zeroBytes = 0;
-    let chunksNew = 0;
-    let chunksReused = 0;
-    let bytesRead = 0;
-    let bytesReceived = 0;
-
-    const index = new Map<ByteRange, number>(pieces.map((p, i) => [p, i]));
-    progress.start('read', rangeBytes);
-    await withSnapshotVolume(
+    const stats = {
+      bytesStored: 0,
+      zeroBytes: 0,
+      chunksNew: 0,
+      chunksReused: 0,
+      bytesRead: 0,
+      bytesReceived: 0,
+    };
+    const phases = { setupMs: 0, copyMs: 0, finishMs: 0 };
+    let metadata!: Awaited<typeof metadataPromise>;
+    let chunks!: ChunkEntry[];
+    const durable = await withSnapshotVolume(
       csi,
       {
         snapshotId: options.snapshotId,
-        sizeBytes: metadata.volumeCapacityBytes,
+        sizeBytes,
         name: tempVolumeName(options.repoDir, nodeId, options.snapshotId),
         nodeId,
         connections: options.connections ?? 4,
       },
       async (pool) => {
+        metadata = await metadataPromise;
         if (pool.info.sizeBytes < metadata.volumeCapacityBytes)
           throw new Error(
             `the export has ${pool.info.sizeBytes} bytes, the snapshot ${metadata.volumeCapacityBytes}`,
           );
-        await forEachParallel(pieces, options.parallel ?? 16, options.signal, async (piece) => {
-          const { data, holeBytes } = await pool.read(piece.offset, piece.length);
-          const i = index.get(piece)!;
-          if (holeBytes === piece.length || data.equals(zero.subarray(0, piece.length))) {
-            chunks[i] = [piece.offset, piece.length, ''];
-            zeroBytes += piece.length;
-          } else {
-            const hash = sha256(data);
-            chunks[i] = [piece.offset, piece.length, hash];
-            if (await repo.hasChunk(hash)) chunksReused++;
-            else {
-              // (not `bytesStored += await …`: that reads the total before the await, losing updates)
-              const stored = await repo.putChunk(hash, data, codec, touched);
-              bytesStored += stored;
-              chunksNew++;
-            }
-          }
-          progress.add(piece.length);
+        log.info('backing up', {
+          snapshot: options.snapshotId,
+          base: options.baseSnapshotId ?? null,
+          ranges: metadata.ranges.length,
+          bytes: totalBytes(metadata.ranges),
         });
-        bytesRead = pool.bytesRequested;
-        bytesReceived = pool.bytesReceived;
+        phases.setupMs = Math.round(performance.now() - started);
+        const copyStarted = performance.now();
+        chunks = await copyChunks(pool, metadata.ranges, chunkBytes, chunkWriter, stats, options, progress);
+        phases.copyMs = Math.round(performance.now() - copyStarted);
+        // Sealing the last pack and syncing run while the temporary volume is taken down.
+        const done = chunkWriter.finish();
+        done.catch(() => undefined); // awaited once the volume is gone
+        return { done };
       },
     );
+    await durable.done;
     progress.finish();
-    // Chunks are durable and in their directories before the manifest names them.
-    await repo.syncChunkDirs(touched);
+    const ranges = metadata.ranges;
+    const rangeBytes = totalBytes(ranges);
     const durationMs = Math.round(performance.now() - started);
+    const { bytesRead, bytesReceived, bytesStored, zeroBytes, chunksNew, chunksReused } = stats;
     const manifest: Manifest = {
       format: MANIFEST_FORMAT,
       version: 1,
@@ -263,7 +284,9 @@ export async function createBackup(options: CreateOptions): Promise<CreateSummar
       compression: codec,
       stats: { bytesRead, bytesStored, zeroBytes, chunksNew, chunksReused, durationMs },
     };
+    // Every chunk is durable in its pack, and packs/ is synced: the manifest may name them.
     await repo.writeManifest(manifest);
+    phases.finishMs = Math.round(performance.now() - started) - phases.setupMs - phases.copyMs;
     log.info('backup written', { id: manifest.id, bytesRead, bytesStored });
     return {
       backupId: manifest.id,
@@ -281,10 +304,94 @@ export async function createBackup(options: CreateOptions): Promise<CreateSummar
       chunksReused,
       durationMs,
       bytesPerSecond: Math.round(rangeBytes / Math.max(durationMs / 1000, 1e-3)),
+      phases,
     };
+  } catch (e) {
+    await writer?.abort();
+    throw e;
   } finally {
     progress.finish();
     csi.close();
     await lock.release();
   }
+}
+
+interface CopyStats {
+  bytesStored: number;
+  zeroBytes: number;
+  chunksNew: number;
+  chunksReused: number;
+  bytesRead: number;
+  bytesReceived: number;
+}
+
+/**
+ * The data path: NBD reads of whole runs of chunks into per-lane slices of one shared buffer,
+ * SHA-256 on worker threads, new chunks appended to packs. Each lane keeps its slice until its
+ * chunks are written, so memory stays at lanes × read size whatever the volume.
+ */
+async function copyChunks(
+  pool: NbdConnectionPool,
+  ranges: ByteRange[],
+  chunkBytes: number,
+  writer: ChunkWriter,
+  stats: CopyStats,
+  options: CreateOptions,
+  progress: Progress,
+): Promise<ChunkEntry[]> {
+  const pieces = cutOnGrid(ranges, chunkBytes);
+  const readBytes = Math.max(chunkBytes, READ_BYTES);
+  const reads = groupReads(pieces, readBytes);
+  // One lane per request in flight, each with its own slice of the slab.
+  const parallel = Math.max(1, Math.min(options.parallel ?? defaultParallel(reads), reads.length));
+  const slotBytes = Math.min(readBytes, Math.max(0, ...reads.map((r) => r.length)));
+  const slab = new SharedArrayBuffer(Math.max(1, slotBytes * parallel));
+  const slabView = Buffer.from(slab);
+  const hashes = new HashPool(slab, reads.length ? (options.hashThreads ?? defaultHashThreads()) : 0);
+  const chunks: ChunkEntry[] = [];
+  const firstChunk: number[] = [];
+  for (const read of reads) {
+    firstChunk.push(chunks.length);
+    for (const p of read.pieces) chunks.push([p.offset, p.length, '']);
+  }
+  progress.start('read', totalBytes(ranges));
+  try {
+    await forEachParallel(
+      reads.map((read, i) => ({ read, i })),
+      parallel,
+      options.signal,
+      async ({ read, i }, lane) => {
+        const base = lane * slotBytes;
+        const buffer = slabView.subarray(base, base + read.length);
+        const { holeBytes } = await pool.read(read.offset, read.length, buffer);
+        const digests =
+          holeBytes === read.length
+            ? read.pieces.map(() => '')
+            : await hashes.digest(read.pieces.map((p) => [base + p.offset - read.offset, p.length]));
+        await Promise.all(
+          read.pieces.map(async (p, k) => {
+            const entry = chunks[firstChunk[i] + k];
+            entry[2] = digests[k];
+            if (!digests[k]) {
+              stats.zeroBytes += p.length;
+              return;
+            }
+            const at = p.offset - read.offset;
+            const put = await writer.put(digests[k], buffer.subarray(at, at + p.length));
+            if (put.reused) stats.chunksReused++;
+            else {
+              stats.chunksNew++;
+              stats.bytesStored += put.storedBytes;
+            }
+          }),
+        );
+        progress.add(read.length);
+      },
+    );
+  } finally {
+    await hashes.close();
+  }
+  stats.bytesRead = pool.bytesRequested;
+  stats.bytesReceived = pool.bytesReceived;
+  return chunks;
 }

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
+import { loadCsiRoot, serviceClient } from './csi-services';
 import type { ByteRange } from './ranges';
 
 /** proto/csi.proto of the package, found upwards from here (src/, dist/ or a bench build). */
@@ -32,14 +32,12 @@ interface Services {
 let services: Services | undefined;
 function loadServices(): Services {
   if (!services) {
-    const definition = protoLoader.loadSync(packageFile('proto/csi.proto'), {
-      keepCase: true,
-      longs: Number,
-      enums: String,
-      defaults: true,
-      oneofs: true,
-    });
-    services = (grpc.loadPackageDefinition(definition) as unknown as { csi: { v1: Services } }).csi.v1;
+    const root = loadCsiRoot(packageFile('proto/csi.json'));
+    services = {
+      Controller: serviceClient(root, 'Controller'),
+      SnapshotMetadata: serviceClient(root, 'SnapshotMetadata'),
+      Identity: serviceClient(root, 'Identity'),
+    };
   }
   return services;
 }

@@ -54,6 +54,8 @@ import {
 } from '../nbd/protocol';
 
 const TWO_32 = 2 ** 32;
+/** The buffer the kernel fills on each socket read (one per connection, reused). */
+const RECEIVE_BUFFER_BYTES = 256 * 1024;
 /** What we read or write in one request when the server does not say (the spec's safe size). */
 const DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024;
 
@@ -125,23 +127,33 @@ export interface StatusExtent {
   flags: number;
 }
 
-/** Buffered reads of exact lengths from a socket. */
+/** Buffered reads of exact lengths from a socket, for the handshake (fed by `push`). */
 class SocketReader {
   private chunks: Buffer[] = [];
   private available = 0;
   private waiting: { bytes: number; wake: () => void; fail: (e: Error) => void } | undefined;
   private failure: Error | undefined;
 
+  /** Keeps `chunk` (the caller must not reuse it). */
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.available += chunk.length;
+    if (this.waiting && this.available >= this.waiting.bytes) {
+      const w = this.waiting;
+      this.waiting = undefined;
+      w.wake();
+    }
+  }
+
+  /** What arrived and was not read (handed to the transmission parser). */
+  drain(): Buffer[] {
+    const out = this.chunks;
+    this.chunks = [];
+    this.available = 0;
+    return out;
+  }
+
   constructor(socket: net.Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      this.chunks.push(chunk);
-      this.available += chunk.length;
-      if (this.waiting && this.available >= this.waiting.bytes) {
-        const w = this.waiting;
-        this.waiting = undefined;
-        w.wake();
-      }
-    });
     const end = (error?: Error) => {
       this.failure ??= error ?? new Error('NBD server closed the connection');
       const w = this.waiting;
@@ -236,12 +248,30 @@ export class NbdClient {
   bytesReceived = 0;
   bytesWritten = 0;
 
+  /** Reply parser state: bytes being gathered into `head`, or payload streaming into a target. */
+  private head = Buffer.alloc(64);
+  private headNeed = 4;
+  private headHave = 0;
+  private onHead: (head: Buffer) => void = (h) => this.onMagic(h);
+  private copyTarget: Buffer | undefined;
+  private copyAt = 0;
+  private copyLeft = 0;
+  private afterCopy: () => void = () => undefined;
+
   private constructor(
     private readonly socket: net.Socket,
-    private readonly reader: SocketReader,
     readonly info: NbdExportInfo,
   ) {
-    void this.receiveLoop();
+    const end = (error?: Error) => {
+      if (!this.closed) socket.destroy();
+      this.failAll(
+        this.closed
+          ? new Error('NBD connection is closed')
+          : (error ?? new Error('NBD server closed the connection')),
+      );
+    };
+    socket.on('error', end);
+    socket.on('close', () => end());
   }
 
   static async connect(
@@ -249,11 +279,21 @@ export class NbdClient {
     exportName: string,
     options: ConnectOptions = {},
   ): Promise<NbdClient> {
+    // The kernel copies received bytes into one reusable buffer (no allocation per read, no
+    // garbage); the transmission parser copies them straight on into the caller's buffers.
+    let feed: (chunk: Buffer) => void = () => undefined;
+    const onread = {
+      buffer: Buffer.allocUnsafe(RECEIVE_BUFFER_BYTES),
+      callback: (bytes: number, buffer: Buffer): boolean => {
+        feed(buffer.subarray(0, bytes));
+        return true;
+      },
+    };
     const socket = await new Promise<net.Socket>((resolve, reject) => {
       const s =
         'path' in address
-          ? net.createConnection({ path: address.path })
-          : net.createConnection({ host: address.host, port: address.port, noDelay: true });
+          ? net.createConnection({ path: address.path, onread })
+          : net.createConnection({ host: address.host, port: address.port, noDelay: true, onread });
       s.once('connect', () => {
         s.removeListener('error', reject);
         resolve(s);
@@ -262,13 +302,17 @@ export class NbdClient {
     });
     socket.setNoDelay(true);
     const reader = new SocketReader(socket);
+    feed = (chunk) => reader.push(Buffer.from(chunk)); // a copy: the receive buffer is reused
     const timer = setTimeout(
       () => socket.destroy(new Error('NBD handshake timed out')),
       options.timeoutMs ?? 10_000,
     );
     try {
       const info = await handshake(socket, reader, exportName, options);
-      return new NbdClient(socket, reader, info);
+      const client = new NbdClient(socket, info);
+      feed = (chunk) => client.receive(chunk);
+      for (const left of reader.drain()) client.receive(left);
+      return client;
     } catch (e) {
       socket.destroy();
       throw e;
@@ -336,9 +380,12 @@ export class NbdClient {
       );
   }
 
-  async read(offset: number, length: number): Promise<ReadResult> {
+  /** Reads into `into` (its first `length` bytes) when given, else into a new buffer. */
+  async read(offset: number, length: number, into?: Buffer): Promise<ReadResult> {
     this.checkRange(offset, length);
-    const target = Buffer.allocUnsafe(length);
+    if (into && into.length < length)
+      throw new RangeError(`a ${into.length}-byte buffer for ${length} bytes`);
+    const target = into ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     this.bytesRequested += length;
     const p = { target } as Partial<Pending>;
     const holeBytes = (await this.send(NBD_CMD_READ, 0, offset, length, p)) as number;
@@ -440,89 +487,149 @@ export class NbdClient {
     p.resolve(undefined);
   }
 
-  private async receiveLoop(): Promise<void> {
-    const r = this.reader;
+  /**
+   * Parses replies as bytes arrive (synchronously: `chunk` is reused once this returns). Header
+   * fields gather in `head`; READ payloads are copied straight into the request's buffer.
+   */
+  receive(chunk: Buffer): void {
     try {
-      for (;;) {
-        const magic = (await r.read(4)).readUInt32BE(0);
-        if (magic === NBD_SIMPLE_REPLY_MAGIC) {
-          const head = await r.read(12);
-          const error = head.readUInt32BE(0);
-          const cookie = u64(head, 4);
-          const p = this.take(cookie);
-          if (error) p.error = transmissionError(p.command, error, '');
-          else if (p.command === NBD_CMD_READ) {
-            await r.readInto(p.target!, 0, p.length);
-            p.covered = p.length;
-            this.bytesReceived += p.length;
-          }
-          this.finish(cookie, p);
-        } else if (magic === NBD_STRUCTURED_REPLY_MAGIC) {
-          const head = await r.read(16);
-          const flags = head.readUInt16BE(0);
-          const type = head.readUInt16BE(2);
-          const cookie = u64(head, 4);
-          const length = head.readUInt32BE(12);
-          const p = this.take(cookie);
-          await this.chunk(p, type, length);
-          if (flags & NBD_REPLY_FLAG_DONE) this.finish(cookie, p);
-        } else {
-          throw new Error(`bad reply magic 0x${magic.toString(16)}`);
+      let at = 0;
+      while (at < chunk.length && !this.fatal) {
+        if (this.copyLeft > 0) {
+          const n = Math.min(this.copyLeft, chunk.length - at);
+          chunk.copy(this.copyTarget!, this.copyAt, at, at + n);
+          this.copyAt += n;
+          this.copyLeft -= n;
+          at += n;
+          if (this.copyLeft === 0) this.afterCopy();
+          continue;
         }
+        const n = Math.min(this.headNeed - this.headHave, chunk.length - at);
+        chunk.copy(this.head, this.headHave, at, at + n);
+        this.headHave += n;
+        at += n;
+        this.deliverHead();
       }
     } catch (e) {
-      const error = e as Error;
-      if (!this.closed) this.socket.destroy();
-      this.failAll(this.closed ? new Error('NBD connection is closed') : error);
+      this.socket.destroy();
+      this.failAll(e as Error);
     }
   }
 
-  private async chunk(p: Pending, type: number, length: number): Promise<void> {
-    const r = this.reader;
+  /** Calls the waiting step once `headNeed` bytes are in (at once for zero bytes). */
+  private deliverHead(): void {
+    while (this.headHave === this.headNeed && this.copyLeft === 0 && !this.fatal) {
+      const step = this.onHead;
+      const head = this.head.subarray(0, this.headNeed);
+      this.headHave = 0;
+      this.headNeed = -1; // the step must say what comes next
+      step(head);
+      if (this.headNeed < 0) throw new Error('reply parser lost its place');
+    }
+  }
+
+  private expect(bytes: number, then: (head: Buffer) => void): void {
+    if (bytes > this.head.length) this.head = Buffer.alloc(bytes);
+    this.headNeed = bytes;
+    this.onHead = then;
+  }
+
+  private nextReply(): void {
+    this.expect(4, (h) => this.onMagic(h));
+  }
+
+  /** Streams `bytes` of payload into `target` at `at`, then runs `then`. */
+  private copyInto(target: Buffer, at: number, bytes: number, then: () => void): void {
+    this.headNeed = 0; // no header bytes while the payload streams
+    this.onHead = () => this.nextReply();
+    if (bytes === 0) return then();
+    this.copyTarget = target;
+    this.copyAt = at;
+    this.copyLeft = bytes;
+    this.afterCopy = then;
+  }
+
+  private onMagic(h: Buffer): void {
+    const magic = h.readUInt32BE(0);
+    if (magic === NBD_SIMPLE_REPLY_MAGIC) this.expect(12, (head) => this.onSimple(head));
+    else if (magic === NBD_STRUCTURED_REPLY_MAGIC) this.expect(16, (head) => this.onStructured(head));
+    else throw new Error(`bad reply magic 0x${magic.toString(16)}`);
+  }
+
+  private onSimple(head: Buffer): void {
+    const error = head.readUInt32BE(0);
+    const cookie = u64(head, 4);
+    const p = this.take(cookie);
+    if (error) p.error = transmissionError(p.command, error, '');
+    else if (p.command === NBD_CMD_READ) {
+      return this.copyInto(p.target!, 0, p.length, () => {
+        p.covered = p.length;
+        this.bytesReceived += p.length;
+        this.finish(cookie, p);
+        this.nextReply();
+      });
+    }
+    this.finish(cookie, p);
+    this.nextReply();
+  }
+
+  private onStructured(head: Buffer): void {
+    const flags = head.readUInt16BE(0);
+    const type = head.readUInt16BE(2);
+    const cookie = u64(head, 4);
+    const length = head.readUInt32BE(12);
+    const p = this.take(cookie);
+    const done = () => {
+      if (flags & NBD_REPLY_FLAG_DONE) this.finish(cookie, p);
+      this.nextReply();
+    };
     switch (type) {
       case NBD_REPLY_TYPE_NONE:
         if (length !== 0) throw new Error('NONE chunk with a payload');
-        return;
-      case NBD_REPLY_TYPE_OFFSET_DATA: {
-        const offset = u64(await r.read(8), 0);
-        const bytes = length - 8;
-        const at = offset - p.offset;
-        if (p.command !== NBD_CMD_READ || at < 0 || at + bytes > p.length)
-          throw new Error('OFFSET_DATA outside the request');
-        await r.readInto(p.target!, at, bytes);
-        p.covered += bytes;
-        this.bytesReceived += bytes;
-        return;
-      }
-      case NBD_REPLY_TYPE_OFFSET_HOLE: {
-        const b = await r.read(12);
-        const at = u64(b, 0) - p.offset;
-        const size = b.readUInt32BE(8);
-        if (p.command !== NBD_CMD_READ || at < 0 || at + size > p.length || size === 0)
-          throw new Error('OFFSET_HOLE outside the request');
-        p.target!.fill(0, at, at + size);
-        p.covered += size;
-        p.holeBytes += size;
-        return;
-      }
-      case NBD_REPLY_TYPE_BLOCK_STATUS: {
-        const b = await r.read(length);
-        const id = b.readUInt32BE(0);
-        const extents: StatusExtent[] = [];
-        for (let at = 4; at + 8 <= b.length; at += 8)
-          extents.push({ length: b.readUInt32BE(at), flags: b.readUInt32BE(at + 4) });
-        const holder = p as Pending & { byContext?: [number, StatusExtent[]][] };
-        (holder.byContext ??= []).push([id, extents]);
-        return;
-      }
-      default: {
+        return done();
+      case NBD_REPLY_TYPE_OFFSET_DATA:
+        if (length < 8) throw new Error('OFFSET_DATA chunk too short');
+        return this.expect(8, (b) => {
+          const bytes = length - 8;
+          const at = u64(b, 0) - p.offset;
+          if (p.command !== NBD_CMD_READ || at < 0 || at + bytes > p.length)
+            throw new Error('OFFSET_DATA outside the request');
+          this.copyInto(p.target!, at, bytes, () => {
+            p.covered += bytes;
+            this.bytesReceived += bytes;
+            done();
+          });
+        });
+      case NBD_REPLY_TYPE_OFFSET_HOLE:
+        return this.expect(12, (b) => {
+          const at = u64(b, 0) - p.offset;
+          const size = b.readUInt32BE(8);
+          if (p.command !== NBD_CMD_READ || at < 0 || at + size > p.length || size === 0)
+            throw new Error('OFFSET_HOLE outside the request');
+          p.target!.fill(0, at, at + size);
+          p.covered += size;
+          p.holeBytes += size;
+          done();
+        });
+      case NBD_REPLY_TYPE_BLOCK_STATUS:
+        return this.expect(length, (b) => {
+          const id = b.readUInt32BE(0);
+          const extents: StatusExtent[] = [];
+          for (let at = 4; at + 8 <= b.length; at += 8)
+            extents.push({ length: b.readUInt32BE(at), flags: b.readUInt32BE(at + 4) });
+          const holder = p as Pending & { byContext?: [number, StatusExtent[]][] };
+          (holder.byContext ??= []).push([id, extents]);
+          done();
+        });
+      default:
         if (!(type & 0x8000)) throw new Error(`unknown reply chunk type ${type}`);
-        const b = await r.read(length);
-        const errno = length >= 4 ? b.readUInt32BE(0) : 5;
-        const msgLen = length >= 6 ? b.readUInt16BE(4) : 0;
-        const message = b.subarray(6, 6 + msgLen).toString('utf8');
-        p.error ??= transmissionError(p.command, errno, message);
-      }
+        return this.expect(length, (b) => {
+          const errno = length >= 4 ? b.readUInt32BE(0) : 5;
+          const msgLen = length >= 6 ? b.readUInt16BE(4) : 0;
+          const message = b.subarray(6, 6 + msgLen).toString('utf8');
+          p.error ??= transmissionError(p.command, errno, message);
+          done();
+        });
     }
   }
 }
@@ -724,8 +831,8 @@ export class NbdConnectionPool {
     return best;
   }
 
-  read(offset: number, length: number): Promise<ReadResult> {
-    return this.pick().read(offset, length);
+  read(offset: number, length: number, into?: Buffer): Promise<ReadResult> {
+    return this.pick().read(offset, length, into);
   }
 
   write(offset: number, data: Buffer): Promise<void> {

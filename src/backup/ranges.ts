@@ -71,3 +71,28 @@ export class Coverage {
     return free;
   }
 }
+
+/** One NBD request covering whole chunks that touch each other. */
+export interface ReadRequest extends ByteRange {
+  pieces: ByteRange[];
+}
+
+/**
+ * Groups chunks (in volume order) into reads of at most `maxBytes`: only chunks that touch are
+ * joined, so nothing outside the listed ranges is read, while a run of small chunks (a small grid,
+ * or a delta range that spans grid lines) costs one request instead of one each.
+ */
+export function groupReads(pieces: ByteRange[], maxBytes: number): ReadRequest[] {
+  const out: ReadRequest[] = [];
+  let open: ReadRequest | undefined;
+  for (const p of pieces) {
+    if (open && open.offset + open.length === p.offset && open.length + p.length <= maxBytes) {
+      open.length += p.length;
+      open.pieces.push(p);
+    } else {
+      open = { offset: p.offset, length: p.length, pieces: [p] };
+      out.push(open);
+    }
+  }
+  return out;
+}

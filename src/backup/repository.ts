@@ -1,9 +1,10 @@
-// The backup repository: a directory of manifests and content-addressed chunk files.
+// The backup repository: a directory of manifests and content-addressed chunks.
 //
-//   repository.json        format, version, chunk grid size
+//   repository.json        format, version (2; 1 is still read), chunk grid size
 //   lock                   held by the one writer (create, delete): pid, host, command, since
 //   backups/<id>.json      one manifest per backup, written last
-//   chunks/<aa>/<sha256>   chunk data, named by the SHA-256 of the uncompressed bytes
+//   packs/<id>.pack        chunks, many per file (see pack.ts), each named by its SHA-256
+//   chunks/<aa>/<sha256>   version 1: one file per chunk (read, never written any more)
 //   tmp/                   files being written; renamed into place only once they are synced
 //
 // Every file is written to tmp/, fsynced, renamed, and its directory fsynced, so a crash or a
@@ -16,15 +17,20 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
+import { type PackEntry, parseRecordHeader, RECORD_HEADER_BYTES, RECORD_MAGIC, readPackIndex } from './pack';
+import { PackWriter, type SealedPack } from './pack-writer';
 
 export const REPOSITORY_FORMAT = 'thinpool-backup-repository';
 export const MANIFEST_FORMAT = 'thinpool-backup';
 export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
+/** Version 2 stores chunks in packs; version 1 repositories are read and upgraded on write. */
+export const REPOSITORY_VERSION = 2;
 
 export type Codec = 'none' | 'deflate' | 'brotli';
-const CODEC_IDS: Record<Codec, number> = { none: 0, deflate: 1, brotli: 2 };
+export const CODEC_IDS: Record<Codec, number> = { none: 0, deflate: 1, brotli: 2 };
 const CODEC_NAMES: Codec[] = ['none', 'deflate', 'brotli'];
-const CHUNK_MAGIC = 0x5450434b; // "TPCK"
+const CHUNK_MAGIC = RECORD_MAGIC; // "TPCK"
+/** Header of a version 1 chunk file. */
 const CHUNK_HEADER_BYTES = 8;
 
 const deflate = promisify(zlib.deflateRaw);
@@ -66,7 +72,7 @@ export interface Manifest {
 
 export interface RepositoryConfig {
   format: typeof REPOSITORY_FORMAT;
-  version: 1;
+  version: 1 | 2;
   chunkBytes: number;
   createdAt: string;
 }
@@ -96,6 +102,26 @@ export function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
+/** Compresses a chunk with `codec` (level/quality 1); data that does not shrink stays raw. */
+export async function encodeChunk(data: Buffer, codec: Codec): Promise<{ payload: Buffer; codec: Codec }> {
+  let payload = data;
+  if (codec === 'deflate') payload = await deflate(data, { level: 1 });
+  else if (codec === 'brotli')
+    payload = await brotli(data, { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 1 } });
+  return payload.length < data.length ? { payload, codec } : { payload: data, codec: 'none' };
+}
+
+async function decodeChunk(payload: Buffer, codecId: number): Promise<Buffer> {
+  const codec = CODEC_NAMES[codecId];
+  if (codec === 'none') return payload;
+  if (codec === 'deflate') return inflate(payload);
+  if (codec === 'brotli') return unbrotli(payload);
+  throw new Error(`unknown codec ${codecId}`);
+}
+
+/** Where a chunk is stored: a record in a pack, or (version 1) a file of its own. */
+export type ChunkLocation = { pack: string; entry: PackEntry } | { file: string };
+
 /** Backup ids sort by creation time: 20261122T050312Z-3fa9c1. */
 export function newBackupId(now = new Date()): string {
   const stamp = now
@@ -105,7 +131,7 @@ export function newBackupId(now = new Date()): string {
   return `${stamp}-${randomBytes(3).toString('hex')}`;
 }
 
-async function fsyncDir(dir: string): Promise<void> {
+export async function fsyncDir(dir: string): Promise<void> {
   const handle = await fsp.open(dir, 'r');
   try {
     await handle.sync();
@@ -131,6 +157,15 @@ export async function writeFileDurably(
   }
   await fsp.rename(tmp, file);
   if (options.syncDir !== false) await fsyncDir(path.dirname(file));
+}
+
+async function readdirIfAny(dir: string): Promise<string[]> {
+  try {
+    return await fsp.readdir(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
 }
 
 function processAlive(pid: number): boolean {
@@ -178,9 +213,14 @@ export interface VerifyReport {
 }
 
 export class Repository {
+  /** hash → location of every stored chunk; loaded on first use, kept up to date by this process. */
+  private index: Map<string, ChunkLocation> | undefined;
+  /** Packs whose header could not be read, with the reason. */
+  readonly unreadablePacks: string[] = [];
+
   private constructor(
     readonly dir: string,
-    readonly config: RepositoryConfig,
+    public config: RepositoryConfig,
   ) {}
 
   /** Opens a repository; with `create`, makes it first if the directory holds none. */
@@ -195,11 +235,11 @@ export class Repository {
       const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
       if (chunkBytes < 4096 || chunkBytes > 32 * 1024 * 1024 || chunkBytes % 4096)
         throw new RepositoryError('the chunk size must be a multiple of 4 KiB between 4 KiB and 32 MiB');
-      for (const sub of ['', 'backups', 'chunks', 'tmp'])
+      for (const sub of ['', 'backups', 'packs', 'tmp'])
         await fsp.mkdir(path.join(dir, sub), { recursive: true });
       const config: RepositoryConfig = {
         format: REPOSITORY_FORMAT,
-        version: 1,
+        version: REPOSITORY_VERSION,
         chunkBytes,
         createdAt: new Date().toISOString(),
       };
@@ -210,9 +250,26 @@ export class Repository {
       }
     }
     const config = JSON.parse(await fsp.readFile(file, 'utf8')) as RepositoryConfig;
-    if (config.format !== REPOSITORY_FORMAT || config.version !== 1)
+    if (config.format !== REPOSITORY_FORMAT || (config.version !== 1 && config.version !== 2))
       throw new RepositoryError(`${file}: unknown repository format ${config.format} v${config.version}`);
     return new Repository(dir, config);
+  }
+
+  /**
+   * Makes a version 1 repository a version 2 one before packs go into it (its chunk files stay
+   * readable), so an older tool refuses it instead of missing chunks. Call with the lock held.
+   */
+  async upgradeForWriting(): Promise<void> {
+    if (this.config.version === REPOSITORY_VERSION) return;
+    await fsp.mkdir(this.packsDir, { recursive: true });
+    await fsyncDir(this.dir);
+    const config: RepositoryConfig = { ...this.config, version: REPOSITORY_VERSION };
+    await writeFileDurably(
+      this.tmpDir,
+      path.join(this.dir, 'repository.json'),
+      JSON.stringify(config, null, 2) + '\n',
+    );
+    this.config = config;
   }
 
   get tmpDir(): string {
@@ -271,63 +328,104 @@ export class Repository {
     throw new RepositoryLocked(`repository ${this.dir}: could not take the lock`);
   }
 
+  get packsDir(): string {
+    return path.join(this.dir, 'packs');
+  }
+
+  /** Where a version 1 repository kept a chunk of its own. */
   chunkPath(hash: string): string {
     return path.join(this.dir, 'chunks', hash.slice(0, 2), hash);
   }
 
+  /** Reads every pack index (and lists version 1 chunk files) once. */
+  async loadIndex(): Promise<Map<string, ChunkLocation>> {
+    if (this.index) return this.index;
+    const index = new Map<string, ChunkLocation>();
+    for (const hash of await this.chunkFiles()) index.set(hash, { file: this.chunkPath(hash) });
+    const packs = (await readdirIfAny(this.packsDir)).filter((f) => f.endsWith('.pack'));
+    let next = 0;
+    const worker = async () => {
+      while (next < packs.length) {
+        const pack = path.join(this.packsDir, packs[next++]);
+        try {
+          for (const entry of await readPackIndex(pack)) index.set(entry.hash, { pack, entry });
+        } catch (e) {
+          // Its chunks count as missing: verify names them, restore refuses what needs them.
+          this.unreadablePacks.push(`${pack} (${(e as Error).message})`);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: 8 }, worker));
+    this.index = index;
+    return index;
+  }
+
   async hasChunk(hash: string): Promise<boolean> {
-    try {
-      await fsp.access(this.chunkPath(hash));
-      return true;
-    } catch {
-      return false;
-    }
+    return (await this.loadIndex()).has(hash);
   }
 
-  /**
-   * Stores a chunk under its hash (the caller computed it) and returns the bytes written. The
-   * chunk's directory is not fsynced here: call `syncChunkDirs` before writing the manifest.
-   */
-  async putChunk(hash: string, data: Buffer, codec: Codec, touched: Set<string>): Promise<number> {
-    let payload = data;
-    let used = codec;
-    if (codec === 'deflate') payload = await deflate(data, { level: 1 });
-    else if (codec === 'brotli')
-      payload = await brotli(data, { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 1 } });
-    if (payload.length >= data.length) {
-      payload = data; // incompressible: store as is
-      used = 'none';
-    }
-    const header = Buffer.alloc(CHUNK_HEADER_BYTES);
-    header.writeUInt32BE(CHUNK_MAGIC, 0);
-    header.writeUInt8(1, 4);
-    header.writeUInt8(CODEC_IDS[used], 5);
-    const file = this.chunkPath(hash);
-    const dir = path.dirname(file);
-    if (!touched.has(dir)) {
-      await fsp.mkdir(dir, { recursive: true });
-      touched.add(dir);
-    }
-    const tmp = path.join(this.tmpDir, `${hash}.${randomBytes(4).toString('hex')}`);
-    const handle = await fsp.open(tmp, 'wx');
-    try {
-      await handle.writev([header, payload]);
-      await handle.datasync();
-    } finally {
-      await handle.close();
-    }
-    await fsp.rename(tmp, file);
-    return CHUNK_HEADER_BYTES + payload.length;
+  /** The file (and, for a pack, the byte range) that holds a chunk; undefined if none does. */
+  async locateChunk(hash: string): Promise<{ file: string; offset: number; length: number } | undefined> {
+    const at = (await this.loadIndex()).get(hash);
+    if (!at) return undefined;
+    if ('file' in at) return { file: at.file, offset: 0, length: (await fsp.stat(at.file)).size };
+    return { file: at.pack, offset: at.entry.offset, length: RECORD_HEADER_BYTES + at.entry.storedBytes };
   }
 
-  async syncChunkDirs(touched: Set<string>): Promise<void> {
-    await Promise.all([...touched].map(fsyncDir));
-    await fsyncDir(path.join(this.dir, 'chunks'));
+  /** A new pack in tmp/, for `ChunkWriter`. */
+  newPack(): Promise<PackWriter> {
+    return PackWriter.create(this.tmpDir, this.packsDir);
+  }
+
+  /** Makes a sealed pack's chunks visible to this process (its directory is synced by the caller). */
+  addPack(sealed: SealedPack): void {
+    if (!this.index) throw new Error('addPack before loadIndex');
+    for (const entry of sealed.entries) this.index.set(entry.hash, { pack: sealed.file, entry });
+  }
+
+  async syncPacksDir(): Promise<void> {
+    await fsyncDir(this.packsDir);
   }
 
   /** Reads a chunk and checks it against its name; throws ChunkError otherwise. */
   async getChunk(hash: string): Promise<Buffer> {
-    const file = this.chunkPath(hash);
+    const at = (await this.loadIndex()).get(hash);
+    if (!at) {
+      const damaged = this.unreadablePacks.length ? `; unreadable: ${this.unreadablePacks.join(', ')}` : '';
+      throw new ChunkError(hash, this.packsDir, 'missing', `in no pack of the repository${damaged}`);
+    }
+    const data = 'file' in at ? await this.readChunkFile(hash, at.file) : await this.readPackRecord(hash, at);
+    if (sha256(data) !== hash)
+      throw new ChunkError(hash, 'file' in at ? at.file : at.pack, 'corrupt', 'SHA-256 does not match');
+    return data;
+  }
+
+  private async readPackRecord(hash: string, at: { pack: string; entry: PackEntry }): Promise<Buffer> {
+    const length = RECORD_HEADER_BYTES + at.entry.storedBytes;
+    const raw = Buffer.allocUnsafe(length);
+    let got: number;
+    try {
+      const handle = await fsp.open(at.pack, 'r');
+      try {
+        got = (await handle.read(raw, 0, length, at.entry.offset)).bytesRead;
+      } finally {
+        await handle.close();
+      }
+    } catch (e) {
+      throw new ChunkError(hash, at.pack, 'missing', (e as Error).message);
+    }
+    const where = `${at.pack} at ${at.entry.offset}`;
+    const head = parseRecordHeader(raw.subarray(0, got));
+    if (got < length || !head || head.hash !== hash || head.payloadBytes !== at.entry.storedBytes)
+      throw new ChunkError(hash, at.pack, 'corrupt', `bad record header (${where})`);
+    try {
+      return await decodeChunk(raw.subarray(RECORD_HEADER_BYTES), head.codecId);
+    } catch (e) {
+      throw new ChunkError(hash, at.pack, 'corrupt', `${(e as Error).message} (${where})`);
+    }
+  }
+
+  private async readChunkFile(hash: string, file: string): Promise<Buffer> {
     let raw: Buffer;
     try {
       raw = await fsp.readFile(file);
@@ -336,19 +434,11 @@ export class Repository {
     }
     if (raw.length < CHUNK_HEADER_BYTES || raw.readUInt32BE(0) !== CHUNK_MAGIC || raw.readUInt8(4) !== 1)
       throw new ChunkError(hash, file, 'corrupt', 'bad chunk header');
-    const codec = CODEC_NAMES[raw.readUInt8(5)];
-    const payload = raw.subarray(CHUNK_HEADER_BYTES);
-    let data: Buffer;
     try {
-      if (codec === 'none') data = payload;
-      else if (codec === 'deflate') data = await inflate(payload);
-      else if (codec === 'brotli') data = await unbrotli(payload);
-      else throw new Error(`unknown codec ${raw.readUInt8(5)}`);
+      return await decodeChunk(raw.subarray(CHUNK_HEADER_BYTES), raw.readUInt8(5));
     } catch (e) {
       throw new ChunkError(hash, file, 'corrupt', (e as Error).message);
     }
-    if (sha256(data) !== hash) throw new ChunkError(hash, file, 'corrupt', 'SHA-256 does not match');
-    return data;
   }
 
   manifestPath(id: string): string {
@@ -416,29 +506,81 @@ export class Repository {
     await fsyncDir(path.join(this.dir, 'backups'));
   }
 
-  private async allChunkFiles(): Promise<string[]> {
+  /** Hashes of version 1 chunk files. */
+  private async chunkFiles(): Promise<string[]> {
     const root = path.join(this.dir, 'chunks');
     const out: string[] = [];
-    for (const sub of await fsp.readdir(root)) {
-      for (const f of await fsp.readdir(path.join(root, sub))) out.push(f);
-    }
+    for (const sub of await readdirIfAny(root)) out.push(...(await readdirIfAny(path.join(root, sub))));
     return out;
   }
 
-  /** Deletes chunk files no manifest refers to; returns how many and their size. */
+  /**
+   * Frees what no manifest refers to: version 1 chunk files are deleted; a pack with no live
+   * chunk is deleted, and one with some is rewritten with only those (the new pack is durable
+   * before the old one goes, so a crash leaves at worst both). Returns chunks dropped and bytes freed.
+   */
   async sweep(): Promise<{ chunks: number; bytes: number }> {
     const live = new Set<string>();
     for (const m of await this.listManifests()) for (const c of m.chunks) if (c[2]) live.add(c[2]);
+    const index = await this.loadIndex();
     let chunks = 0;
     let bytes = 0;
-    for (const hash of await this.allChunkFiles()) {
-      if (live.has(hash)) continue;
-      const file = this.chunkPath(hash);
-      bytes += (await fsp.stat(file)).size;
-      await fsp.rm(file, { force: true });
-      chunks++;
+    const byPack = new Map<string, PackEntry[]>();
+    for (const [hash, at] of index) {
+      if ('file' in at) {
+        if (live.has(hash)) continue;
+        bytes += (await fsp.stat(at.file)).size;
+        await fsp.rm(at.file, { force: true });
+        index.delete(hash);
+        chunks++;
+      } else {
+        byPack.set(at.pack, [...(byPack.get(at.pack) ?? []), at.entry]);
+      }
     }
+    // Packs none of whose chunks the index points at hold only copies (a crash mid-sweep).
+    for (const f of await readdirIfAny(this.packsDir)) {
+      const pack = path.join(this.packsDir, f);
+      if (f.endsWith('.pack') && !byPack.has(pack)) {
+        bytes += (await fsp.stat(pack)).size;
+        await fsp.rm(pack, { force: true });
+      }
+    }
+    for (const [pack, entries] of byPack) {
+      const dead = entries.filter((e) => !live.has(e.hash));
+      if (!dead.length) continue;
+      const before = (await fsp.stat(pack)).size;
+      let after = 0;
+      const keep = entries.filter((e) => live.has(e.hash));
+      if (keep.length) {
+        const writer = await this.newPack();
+        for (const e of keep) {
+          const raw = await this.readRecordBytes(pack, e);
+          const head = parseRecordHeader(raw)!;
+          await writer.append(e.hash, head.codecId, raw.subarray(RECORD_HEADER_BYTES), e.rawBytes);
+        }
+        const sealed = await writer.seal();
+        await this.syncPacksDir();
+        this.addPack(sealed);
+        after = sealed.bytes;
+      }
+      await fsp.rm(pack, { force: true });
+      for (const e of dead) index.delete(e.hash);
+      chunks += dead.length;
+      bytes += before - after;
+    }
+    await this.syncPacksDir().catch(() => undefined);
     return { chunks, bytes };
+  }
+
+  private async readRecordBytes(pack: string, entry: PackEntry): Promise<Buffer> {
+    const handle = await fsp.open(pack, 'r');
+    try {
+      const out = Buffer.alloc(RECORD_HEADER_BYTES + entry.storedBytes);
+      await handle.read(out, 0, out.length, entry.offset);
+      return out;
+    } finally {
+      await handle.close();
+    }
   }
 
   /** Checks that chains are complete and that every referenced chunk is present and intact. */
@@ -491,7 +633,7 @@ export class Repository {
       await Promise.all(Array.from({ length: 4 }, worker));
     }
     const referenced = new Set(all.flatMap((m) => m.chunks.map((c) => c[2])));
-    const orphanChunks = (await this.allChunkFiles()).filter((h) => !referenced.has(h)).length;
+    const orphanChunks = [...(await this.loadIndex()).keys()].filter((h) => !referenced.has(h)).length;
     return { backups: selected.length, chunksChecked: checked.size, bytesChecked, problems, orphanChunks };
   }
 }

@@ -1,6 +1,7 @@
 // Backup and restore end to end through the real driver: CSI on a unix socket, a real thin pool,
 // NBD on loopback. Needs the built CLI (global setup builds it).
 import { nbdBytes } from '../../src/metrics/registry';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -189,9 +190,10 @@ describe('backup through the CSI driver', () => {
     const repo = await Repository.open(repoDir);
     const full = await repo.readManifest(points[0].backupId);
     const victim = full.chunks.find((c) => c[2])![2];
-    const file = repo.chunkPath(victim);
+    // Flip the last byte of the chunk's record inside its pack.
+    const { file, offset, length } = (await repo.locateChunk(victim))!;
     const bytes = fs.readFileSync(file);
-    bytes[bytes.length - 1] ^= 0xff;
+    bytes[offset + length - 1] ^= 0xff;
     fs.writeFileSync(file, bytes);
 
     const verify = await runCli(['backup', 'verify', '--repo', repoDir, '--quiet']);
@@ -278,29 +280,75 @@ describe('interrupted backups', () => {
   let t: BackupDriver;
   let source: SourceVolume;
   let snapshotId: string;
+  let content: Buffer;
 
   beforeAll(async () => {
     t = await startBackupDriver();
     source = await SourceVolume.create(t.csi, 'big', 256 * MiB);
     await source.write(0, randomBytes(192 * MiB));
-    snapshotId = (await source.snapshot('big-0')).id;
+    ({ id: snapshotId, content } = await source.snapshot('big-0'));
   });
   afterAll(async () => {
     await source.close();
     await t.close();
   });
 
-  async function waitForChunks(repoDir: string, atLeast: number): Promise<void> {
-    for (let i = 0; i < 400; i++) {
-      const dir = path.join(repoDir, 'chunks');
-      const count = fs.existsSync(dir)
-        ? fs.readdirSync(dir).reduce((n, d) => n + fs.readdirSync(path.join(dir, d)).length, 0)
-        : 0;
+  /** Waits until the backup has sealed `atLeast` packs (of 8 MiB here: --pack-size below). */
+  async function waitForPacks(repoDir: string, atLeast: number): Promise<void> {
+    for (let i = 0; i < 2000; i++) {
+      const dir = path.join(repoDir, 'packs');
+      const count = fs.existsSync(dir) ? fs.readdirSync(dir).length : 0;
       if (count >= atLeast) return;
-      await new Promise((r) => setTimeout(r, 25));
+      await new Promise((r) => setTimeout(r, 5));
     }
-    throw new Error('the backup wrote no chunks');
+    throw new Error('the backup sealed no pack');
   }
+
+  test('a 64 KiB chunk grid: runs of chunks read together, many packs, byte-identical restore', async () => {
+    const repoDir = path.join(t.dir, 'repo-small-grid');
+    const summary = await createBackup({
+      driver: t.endpoint,
+      snapshotId,
+      repoDir,
+      chunkBytes: 64 * 1024,
+      packBytes: 16 * MiB,
+      connections: 2,
+    });
+    expect(summary.rangeBytes).toBe(192 * MiB);
+    expect(summary.chunksNew).toBe((192 * MiB) / (64 * 1024));
+    expect(summary.bytesRead).toBeLessThanOrEqual(1.05 * summary.rangeBytes);
+    expect(fs.readdirSync(path.join(repoDir, 'packs')).length).toBeGreaterThanOrEqual(12);
+    const file = path.join(t.dir, 'small-grid.img');
+    await restoreBackup({ repoDir, backupId: summary.backupId, target: { kind: 'file', path: file } });
+    expect(fs.readFileSync(file).equals(content)).toBe(true);
+    fs.rmSync(file);
+    fs.rmSync(repoDir, { recursive: true });
+  });
+
+  test('a full disk mid-way: the backup fails clearly, the repository stays valid', async () => {
+    const disk = path.join(t.dir, 'small-disk');
+    fs.mkdirSync(disk);
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=40m', 'tmpfs', disk]);
+    } catch {
+      return; // mounting a small file system needs root, as the rest of this suite's CI does
+    }
+    try {
+      const repoDir = path.join(disk, 'repo');
+      await expect(
+        createBackup({ driver: t.endpoint, snapshotId, repoDir, packBytes: 8 * MiB }),
+      ).rejects.toThrow(/ENOSPC/);
+      const report = await (await Repository.open(repoDir)).verify();
+      expect(report).toMatchObject({ backups: 0, problems: [] });
+      // Packs sealed before the disk filled are durable, unreferenced, and nothing else is left.
+      expect(report.orphanChunks).toBeGreaterThan(0);
+      expect(fs.readdirSync(path.join(repoDir, 'tmp'))).toEqual([]);
+      expect(fs.existsSync(path.join(repoDir, 'lock'))).toBe(false);
+      expect(await t.csi.listVolumeIds()).toEqual([source.volumeId]);
+    } finally {
+      execFileSync('umount', [disk]);
+    }
+  });
 
   test('SIGKILL mid-way: the repository verifies and the next run succeeds', async () => {
     const repoDir = path.join(t.dir, 'repo-kill');
@@ -315,10 +363,12 @@ describe('interrupted backups', () => {
       repoDir,
       '--connections',
       '1',
+      '--pack-size',
+      '8M',
       '--quiet',
     ]);
     const exited = new Promise((r) => child.on('exit', r));
-    await waitForChunks(repoDir, 8);
+    await waitForPacks(repoDir, 2);
     child.kill('SIGKILL');
     await exited;
     expect(fs.existsSync(path.join(repoDir, 'lock'))).toBe(true);
@@ -364,10 +414,12 @@ describe('interrupted backups', () => {
       repoDir,
       '--connections',
       '1',
+      '--pack-size',
+      '8M',
       '--quiet',
     ]);
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-    await waitForChunks(repoDir, 4);
+    await waitForPacks(repoDir, 1);
     child.kill('SIGTERM');
     expect(await exited).toBe(130);
     expect(fs.existsSync(path.join(repoDir, 'lock'))).toBe(false);
@@ -387,10 +439,15 @@ describe('interrupted backups', () => {
       repoDir,
       '--connections',
       '1',
+      '--pack-size',
+      '8M',
       '--quiet',
     ]);
     const exited = new Promise<number | null>((r) => first.on('exit', (code) => r(code)));
-    await waitForChunks(repoDir, 1);
+    await waitForPacks(repoDir, 1);
+    // Backups are fast now: hold the first writer still (lock taken, data half copied) while the
+    // second one starts, then let it finish.
+    first.kill('SIGSTOP');
     const second = await runCli([
       'backup',
       'create',
@@ -402,6 +459,7 @@ describe('interrupted backups', () => {
       repoDir,
       '--quiet',
     ]);
+    first.kill('SIGCONT');
     expect(second.code).toBe(1);
     expect(second.stderr).toMatch(/is locked by backup create .* \(pid \d+ on /);
     expect(await exited).toBe(0);

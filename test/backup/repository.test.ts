@@ -3,8 +3,10 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { ChunkWriter } from '../../src/backup/chunk-writer';
 import {
   type ChunkEntry,
+  type Codec,
   type Manifest,
   MANIFEST_FORMAT,
   Repository,
@@ -103,31 +105,112 @@ describe('repository', () => {
   });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  test('chunks round-trip with every codec and are checked on read', async () => {
+  /** Stores chunks through a ChunkWriter (packs) and makes them durable. */
+  async function store(repo: Repository, chunks: Buffer[], codec: Codec = 'none', packBytes?: number) {
+    const writer = await ChunkWriter.open(repo, { codec, packBytes });
+    const results = await Promise.all(chunks.map((c) => writer.put(sha256(c), c)));
+    await writer.finish();
+    return results;
+  }
+
+  test('chunks round-trip with every codec through packs and are checked on read', async () => {
     const repo = await Repository.open(dir, { create: true });
-    const touched = new Set<string>();
+    expect(repo.config.version).toBe(2);
     const compressible = Buffer.alloc(256 * KiB, 'abcdefgh');
     const random = randomBytes(256 * KiB);
     for (const codec of ['none', 'deflate', 'brotli'] as const) {
       for (const data of [compressible, random]) {
-        const hash = sha256(Buffer.concat([data, Buffer.from(codec)]));
         const payload = Buffer.concat([data, Buffer.from(codec)]);
-        const stored = await repo.putChunk(hash, payload, codec, touched);
-        if (codec !== 'none' && data === compressible) expect(stored).toBeLessThan(payload.length / 10);
-        else expect(stored).toBe(payload.length + 8); // header only: incompressible data stays raw
-        expect((await repo.getChunk(hash)).equals(payload)).toBe(true);
+        const [put] = await store(repo, [payload], codec);
+        if (codec !== 'none' && data === compressible)
+          expect(put.storedBytes).toBeLessThan(payload.length / 10);
+        else expect(put.storedBytes).toBe(payload.length + 44); // record header only: incompressible data stays raw
+        expect((await repo.getChunk(sha256(payload))).equals(payload)).toBe(true);
       }
     }
-    await repo.syncChunkDirs(touched);
-    const hash = sha256(random);
-    await repo.putChunk(hash, random, 'none', touched);
-    const file = repo.chunkPath(hash);
+    // Another process (a fresh index) finds them; nothing is left in tmp/.
+    const again = await Repository.open(dir);
+    const brotliPayload = Buffer.concat([compressible, Buffer.from('brotli')]);
+    expect((await again.getChunk(sha256(brotliPayload))).equals(brotliPayload)).toBe(true);
+    expect(fs.readdirSync(path.join(dir, 'tmp'))).toEqual([]);
+    expect(fs.readdirSync(path.join(dir, 'packs')).length).toBe(6);
+
+    // A second put of the same bytes is a reuse and writes nothing.
+    const [reput] = await store(again, [random.subarray(0, 128 * KiB), random.subarray(0, 128 * KiB)]);
+    expect(reput.reused).toBe(false);
+    const [dup] = await store(again, [random.subarray(0, 128 * KiB)]);
+    expect(dup).toEqual({ storedBytes: 0, reused: true });
+
+    // Corruption inside a pack record is caught by the hash, naming the pack file.
+    const hash = sha256(random.subarray(0, 128 * KiB));
+    const where = (await again.locateChunk(hash))!;
+    const bytes = fs.readFileSync(where.file);
+    bytes[where.offset + where.length - 1] ^= 1;
+    fs.writeFileSync(where.file, bytes);
+    const fresh = await Repository.open(dir);
+    await expect(fresh.getChunk(hash)).rejects.toThrow(/corrupt: SHA-256 does not match/);
+    await expect(fresh.getChunk(hash)).rejects.toThrow(where.file);
+    await expect(fresh.getChunk('00'.repeat(32))).rejects.toThrow(/missing/);
+  });
+
+  test('a pack whose index is damaged is still read by scanning its records', async () => {
+    const repo = await Repository.open(dir, { create: true });
+    const data = [randomBytes(64 * KiB), randomBytes(100 * KiB), randomBytes(4 * KiB)];
+    await store(repo, data);
+    const [pack] = fs.readdirSync(path.join(dir, 'packs'));
+    const file = path.join(dir, 'packs', pack);
     const bytes = fs.readFileSync(file);
-    bytes[100] ^= 1;
+    bytes[bytes.length - 40] ^= 0xff; // inside the index: its checksum no longer matches
     fs.writeFileSync(file, bytes);
-    await expect(repo.getChunk(hash)).rejects.toThrow(/corrupt: SHA-256 does not match/);
-    fs.rmSync(file);
-    await expect(repo.getChunk(hash)).rejects.toThrow(/missing/);
+    const fresh = await Repository.open(dir);
+    for (const d of data) expect((await fresh.getChunk(sha256(d))).equals(d)).toBe(true);
+
+    // A pack that is not one at all: its chunks are missing, and the message says which pack.
+    fs.writeFileSync(file, 'not a pack');
+    const broken = await Repository.open(dir);
+    await expect(broken.getChunk(sha256(data[0]))).rejects.toThrow(
+      /missing.*unreadable: .*not a version 1 pack/,
+    );
+  });
+
+  test('packs are sealed at the pack size, durable before finish returns', async () => {
+    const repo = await Repository.open(dir, { create: true });
+    const data = Array.from({ length: 10 }, () => randomBytes(100 * KiB));
+    await store(repo, data, 'none', 256 * KiB);
+    // Each pack closes once it passes 256 KiB: three records per pack, the last one shorter.
+    expect(fs.readdirSync(path.join(dir, 'packs')).length).toBe(4);
+    const fresh = await Repository.open(dir);
+    for (const d of data) expect((await fresh.getChunk(sha256(d))).equals(d)).toBe(true);
+  });
+
+  test('a version 1 repository (one file per chunk) is read, and upgraded when written', async () => {
+    const legacy = randomBytes(64 * KiB);
+    const hash = sha256(legacy);
+    fs.mkdirSync(path.join(dir, 'chunks', hash.slice(0, 2)), { recursive: true });
+    fs.mkdirSync(path.join(dir, 'backups'));
+    fs.mkdirSync(path.join(dir, 'tmp'));
+    const header = Buffer.from([0x54, 0x50, 0x43, 0x4b, 1, 0, 0, 0]); // TPCK, v1, codec none
+    fs.writeFileSync(path.join(dir, 'chunks', hash.slice(0, 2), hash), Buffer.concat([header, legacy]));
+    fs.writeFileSync(
+      path.join(dir, 'repository.json'),
+      JSON.stringify({
+        format: 'thinpool-backup-repository',
+        version: 1,
+        chunkBytes: 1024 * KiB,
+        createdAt: 'then',
+      }),
+    );
+    const repo = await Repository.open(dir);
+    expect(repo.config.version).toBe(1);
+    expect((await repo.getChunk(hash)).equals(legacy)).toBe(true);
+    const fresh = randomBytes(64 * KiB);
+    const [put, again] = await store(repo, [fresh, legacy]);
+    expect(put.reused).toBe(false);
+    expect(again.reused).toBe(true); // the old chunk file counts: not stored twice
+    const reopened = await Repository.open(dir);
+    expect(reopened.config.version).toBe(2);
+    expect((await reopened.getChunk(sha256(fresh))).equals(fresh)).toBe(true);
+    expect((await reopened.getChunk(hash)).equals(legacy)).toBe(true);
   });
 
   test('the lock: a clear error for a second writer, stale locks of dead processes taken over', async () => {
@@ -157,11 +240,9 @@ describe('repository', () => {
 
   test('chains, dependents, delete and sweep, verify', async () => {
     const repo = await Repository.open(dir, { create: true, chunkBytes: 1024 * KiB });
-    const touched = new Set<string>();
     const data = [randomBytes(1024 * KiB), randomBytes(64 * KiB), randomBytes(64 * KiB)];
     const hashes = data.map(sha256);
-    for (const [i, d] of data.entries()) await repo.putChunk(hashes[i], d, 'none', touched);
-    await repo.syncChunkDirs(touched);
+    await store(repo, data);
     const a = manifest(newBackupId(), null, [[0, 1024 * KiB, hashes[0]]]);
     const b = manifest(`${a.id}-b`, a.id, [[0, 64 * KiB, hashes[1]]]);
     const c = manifest(`${a.id}-c`, b.id, [[64 * KiB, 64 * KiB, hashes[2]]]);
@@ -171,11 +252,15 @@ describe('repository', () => {
     expect((await repo.verify()).problems).toEqual([]);
 
     await repo.deleteBackups([c.id]);
-    expect(await repo.sweep()).toEqual({ chunks: 1, bytes: 64 * KiB + 8 });
+    // The pack is rewritten without the dead chunk: its record (header + payload) is freed.
+    expect(await repo.sweep()).toEqual({ chunks: 1, bytes: 64 * KiB + 44 + 48 });
     await repo.deleteBackups([b.id]);
     expect((await repo.sweep()).chunks).toBe(1);
     const report = await repo.verify();
     expect(report).toMatchObject({ backups: 1, chunksChecked: 1, problems: [], orphanChunks: 0 });
+    // What is left reads back from the rewritten pack, in a fresh process view too.
+    expect((await (await Repository.open(dir)).getChunk(hashes[0])).equals(data[0])).toBe(true);
+    expect(fs.readdirSync(path.join(dir, 'packs')).length).toBe(1);
 
     // A manifest whose parent is gone is reported, and its chain refused.
     await repo.writeManifest(manifest('orphan', 'gone', []));

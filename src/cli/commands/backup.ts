@@ -85,6 +85,14 @@ export function backupCommands(yargs: Argv): Argv {
           .option('connections', connections)
           .option('compress', { type: 'string', choices: ['none', 'deflate', 'brotli'], default: 'none' })
           .option('chunk-size', { type: 'string', describe: 'chunk grid of a new repository (default 1M)' })
+          .option('pack-size', {
+            type: 'string',
+            describe: 'chunks are stored in pack files of about this size (default 32M)',
+          })
+          .option('hash-threads', {
+            type: 'number',
+            describe: 'worker threads for SHA-256 (default 1 with up to 2 CPUs, else 2; 0: the main thread)',
+          })
           .option('quiet', quiet)
           .option('json', json),
       (argv) =>
@@ -99,6 +107,8 @@ export function backupCommands(yargs: Argv): Argv {
               connections: argv.connections,
               compression: argv.compress as 'none' | 'deflate' | 'brotli',
               chunkBytes: argv['chunk-size'] ? parseSize(argv['chunk-size'], '--chunk-size') : undefined,
+              packBytes: argv['pack-size'] ? parseSize(argv['pack-size'], '--pack-size') : undefined,
+              hashThreads: argv['hash-threads'],
               progress: progressFor(process.stderr, argv.quiet),
               signal,
             });

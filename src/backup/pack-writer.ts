@@ -1,0 +1,102 @@
+// Writes one pack: records are appended at positions handed out in call order, so many writes can
+// be in flight at once; `seal` waits for them, adds the index and footer, fdatasyncs, and renames
+// the file from tmp/ into packs/. Until then the pack is only debris in tmp/ (the next writer
+// removes it), so a crash never leaves a half-written pack where readers look.
+import { randomBytes } from 'node:crypto';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import {
+  PACK_HEADER_BYTES,
+  type PackEntry,
+  packHeader,
+  packTrailer,
+  RECORD_HEADER_BYTES,
+  recordHeader,
+} from './pack';
+
+export interface SealedPack {
+  file: string;
+  entries: PackEntry[];
+  /** Size of the pack file. */
+  bytes: number;
+}
+
+export class PackWriter {
+  private readonly entries: PackEntry[] = [];
+  private readonly writes: Promise<unknown>[] = [];
+  private end = PACK_HEADER_BYTES;
+  private failure: Error | undefined;
+  private sealed = false;
+
+  private constructor(
+    private readonly handle: fsp.FileHandle,
+    private readonly tmpFile: string,
+    readonly file: string,
+  ) {
+    // A failure here is kept in `failure` and reported by the next append or by seal.
+    this.track(handle.write(packHeader(), 0, PACK_HEADER_BYTES, 0)).catch(() => undefined);
+  }
+
+  static async create(tmpDir: string, packsDir: string): Promise<PackWriter> {
+    const name = `${randomBytes(16).toString('hex')}.pack`;
+    const tmpFile = path.join(tmpDir, name);
+    const handle = await fsp.open(tmpFile, 'wx');
+    return new PackWriter(handle, tmpFile, path.join(packsDir, name));
+  }
+
+  /** Bytes the pack will hold once every append so far has landed. */
+  get bytes(): number {
+    return this.end;
+  }
+
+  private track(p: Promise<unknown>): Promise<unknown> {
+    const kept = p.catch((e: Error) => {
+      this.failure ??= new Error(`writing ${this.tmpFile}: ${e.message}`);
+      throw this.failure;
+    });
+    this.writes.push(kept.catch(() => undefined));
+    return kept;
+  }
+
+  /**
+   * Appends a record; resolves once its bytes are written (not yet synced), after which the
+   * caller may reuse `payload`.
+   */
+  async append(hash: string, codecId: number, payload: Buffer, rawBytes: number): Promise<void> {
+    if (this.failure) throw this.failure;
+    if (this.sealed) throw new Error(`pack ${this.tmpFile} is sealed`);
+    const offset = this.end;
+    this.end += RECORD_HEADER_BYTES + payload.length;
+    this.entries.push({ hash, offset, storedBytes: payload.length, rawBytes });
+    await this.track(this.handle.writev([recordHeader(hash, codecId, payload.length), payload], offset));
+  }
+
+  /** Index, footer, fdatasync, close, rename into packs/ (the caller fsyncs that directory). */
+  async seal(): Promise<SealedPack> {
+    this.sealed = true;
+    let trailerBytes = 0;
+    try {
+      await Promise.all(this.writes);
+      if (this.failure) throw this.failure;
+      const trailer = packTrailer(this.entries, this.end);
+      await this.handle.write(trailer, 0, trailer.length, this.end);
+      trailerBytes = trailer.length;
+      await this.handle.datasync();
+      await this.handle.close();
+    } catch (e) {
+      // (a full disk, most likely: the pack is dropped; its chunks were never named by a manifest)
+      await this.handle.close().catch(() => undefined);
+      await fsp.rm(this.tmpFile, { force: true });
+      throw new Error(`sealing pack ${this.tmpFile}: ${(e as Error).message}`);
+    }
+    await fsp.rename(this.tmpFile, this.file);
+    return { file: this.file, entries: this.entries, bytes: this.end + trailerBytes };
+  }
+
+  /** Drops the pack (after a failure): closes and removes the temporary file. */
+  async abort(): Promise<void> {
+    await Promise.all(this.writes);
+    await this.handle.close().catch(() => undefined);
+    await fsp.rm(this.tmpFile, { force: true });
+  }
+}
