@@ -85,6 +85,7 @@ export class Pool extends EventEmitter implements DeviceHost {
   private metadataSnapQueue: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
   private dataDirty = false;
+  private periodicRunning = false;
   private readOnlyReason: string | undefined;
   private lowWaterRaised = false;
   private spaceWaiters: (() => void)[] = [];
@@ -451,8 +452,15 @@ export class Pool extends EventEmitter implements DeviceHost {
     return this.commit();
   }
 
-  commit(): Promise<void> {
-    return this.gate.exclusive(() => this.commitNow());
+  // The bulk of the data sync runs before the exclusive section, alongside I/O: holding every
+  // request back while a second's worth of dirty pages went to disk stalled writers for most of
+  // each second (1 MiB overwrites at qd16: 0.28x of a plain file with it, 1.0x without).
+  // Writes acknowledged before the call are in the page cache before that sync starts, so they
+  // are covered; inside the section, a second sync is needed only when there is metadata to
+  // commit (it may map blocks written since), and it only covers those few.
+  async commit(): Promise<void> {
+    await this.syncData();
+    return this.gate.exclusive(() => this.commitNow(true));
   }
 
   status(): PoolStatus {
@@ -486,20 +494,38 @@ export class Pool extends EventEmitter implements DeviceHost {
     this.md.close();
   }
 
-  private async commitNow(): Promise<void> {
+  /** `dataSynced`: the caller synced the data file just before taking the exclusive section. */
+  private async commitNow(dataSynced = false): Promise<void> {
     if (!this.readOnlyReason) this.catalogue.flush();
     const metadataChanged = this.md.hasUncommittedChanges;
-    if (this.readOnlyReason || (!metadataChanged && !this.dataDirty)) return;
-    if (this.dataDirty) await this.data.datasync();
-    this.dataDirty = false;
+    if (this.readOnlyReason || (!metadataChanged && (dataSynced || !this.dataDirty))) return;
+    await this.syncData();
     if (metadataChanged) this.guardMetadata(() => this.md.commit());
   }
 
+  /** Makes every data write that completed before the call durable. */
+  private async syncData(): Promise<void> {
+    if (this.readOnlyReason || !this.dataDirty) return;
+    // Cleared first: writes landing during the sync set it again for the next commit.
+    this.dataDirty = false;
+    try {
+      await this.data.datasync();
+    } catch (e) {
+      this.dataDirty = true;
+      throw e;
+    }
+  }
+
   private async periodicCommit(): Promise<void> {
+    // A sync slower than the interval must not pile up commits behind it.
+    if (this.periodicRunning) return;
+    this.periodicRunning = true;
     try {
       await this.commit();
     } catch (e) {
       log.error('periodic commit failed', { error: (e as Error).message });
+    } finally {
+      this.periodicRunning = false;
     }
   }
 
