@@ -68,10 +68,12 @@ export class ThinDevice implements BlockDevice {
   async readInto(offset: number, target: Buffer): Promise<void> {
     const length = target.length;
     this.checkRange(offset, length);
+    const bs = this.host.blockBytes;
+    const vblock = Math.floor(offset / bs);
+    if (offset + length <= (vblock + 1) * bs) return this.readInBlock(vblock, offset - vblock * bs, target);
     await this.host.gate.run(async () => {
       const reads: Promise<void>[] = [];
       let run: { dataBlock: number; offset: number; at: number; length: number } | undefined;
-      const bs = this.host.blockBytes;
       for (const seg of this.segments(offset, length)) {
         const m = this.host.md.lookupMapping(this.id, seg.vblock);
         if (!m) {
@@ -95,8 +97,50 @@ export class ThinDevice implements BlockDevice {
     });
   }
 
+  // Small requests (a 4 KiB random read or write) stay inside one block. Their fast paths skip
+  // the per-segment generator, promise fan-out and lock queue: about a third of the thin
+  // device's CPU per 4 KiB request went there (cpu profile under fio at qd16).
+  private async readInBlock(vblock: number, inBlock: number, target: Buffer): Promise<void> {
+    const gate = this.host.gate;
+    if (!gate.tryEnter()) await gate.enter();
+    try {
+      const m = this.host.md.lookupMapping(this.id, vblock);
+      if (!m) target.fill(0);
+      else await this.host.readData(m.dataBlock, inBlock, target);
+    } finally {
+      gate.leave();
+    }
+  }
+
+  /** Overwrite of a block this device alone owns; false (nothing done) for anything else. */
+  private async overwriteInBlock(vblock: number, inBlock: number, data: Buffer): Promise<boolean> {
+    const host = this.host;
+    if (!host.gate.tryEnter()) return false;
+    const release = this.locks.tryAcquire(vblock);
+    try {
+      if (!release) return false;
+      const m = host.md.lookupMapping(this.id, vblock);
+      if (!m || m.time < this.snapshottedTime) return false;
+      await host.writeData(m.dataBlock, inBlock, data);
+      host.noteDataWrite();
+      return true;
+    } finally {
+      release?.();
+      host.gate.leave();
+    }
+  }
+
   async write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
     this.checkWrite(offset, data.length);
+    const bs = this.host.blockBytes;
+    const vblock = Math.floor(offset / bs);
+    if (
+      offset + data.length <= (vblock + 1) * bs &&
+      (await this.overwriteInBlock(vblock, offset - vblock * bs, data))
+    ) {
+      if (options.fua) await this.host.flush();
+      return;
+    }
     if (data.length > this.host.blockBytes && (await this.overwriteInPlace(offset, [data], data.length))) {
       if (options.fua) await this.host.flush();
       return;
