@@ -2,7 +2,7 @@
 // fio jobs: first writes (every block provisioned), then overwrites, then reads. Writes the
 // "## Thin device over NBD" section of docs/benchmarks.md.
 //
-//   bash bench/nbd/thin.sh [--size-mib N] [--no-docs]
+//   bash bench/nbd/thin.sh [--size-mib N] [--sync-io-max BYTES] [--no-docs]
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -16,6 +16,8 @@ const repoRoot = path.resolve(__dirname, '../../../..');
 const cli = path.join(repoRoot, 'dist/cli/main.js');
 const args = process.argv.slice(2);
 const sizeMib = Number(args[args.indexOf('--size-mib') + 1] || 0) || 1024;
+// Both servers serve data I/O up to this size synchronously, as in the NBD exporter benchmark.
+const syncIoMax = Number(args[args.indexOf('--sync-io-max') + 1] || 0) || 1024 * 1024;
 
 interface Job {
   label: string;
@@ -78,15 +80,14 @@ async function main(): Promise<void> {
     const thinSock = path.join(dir, 'thin.sock');
     const thin = spawn(
       process.execPath,
-      [cli, 'nbd', 'serve', pool, '--socket', thinSock, '--export', 'bench=1', '--sync-io-max', '65536'],
+      [cli, 'nbd', 'serve', pool, '--socket', thinSock, '--export', 'bench=1', '--sync-io-max', String(syncIoMax)],
       { stdio: 'ignore', env },
     );
     children.push(thin);
     const fileSock = path.join(dir, 'file.sock');
-    // Both serve I/O up to 64 KiB synchronously, as in the NBD exporter benchmark.
     const file = spawn(
       process.execPath,
-      [path.join(__dirname, 'serve.js'), raw, '--socket', fileSock, '--sync-io-max', '65536'],
+      [path.join(__dirname, 'serve.js'), raw, '--socket', fileSock, '--sync-io-max', String(syncIoMax)],
       { stdio: 'ignore', env },
     );
     children.push(file);
@@ -110,7 +111,8 @@ async function main(): Promise<void> {
       '',
       `Run with \`bash bench/nbd/thin.sh\`, ${new Date().toISOString().slice(0, 10)}, ${machineLine()}, ${sizeMib} MiB device.`,
       "Both exports are our NBD server on unix sockets, measured with fio's nbd engine: a thin",
-      'device of a file-backed pool (`thinpool nbd serve`) and a plain file (`FileBlockDevice`).',
+      'device of a file-backed pool (`thinpool nbd serve`) and a plain file (`FileBlockDevice`),',
+      `both serving data I/O up to ${syncIoMax / 1024} KiB synchronously (\`--sync-io-max\`).`,
       '',
       '| workload | thin device | plain file | thin / file |',
       '| --- | --- | --- | --- |',
