@@ -80,7 +80,18 @@ async function main(): Promise<void> {
     const thinSock = path.join(dir, 'thin.sock');
     const thin = spawn(
       process.execPath,
-      [cli, 'nbd', 'serve', pool, '--socket', thinSock, '--export', 'bench=1', '--sync-io-max', String(syncIoMax)],
+      [
+        cli,
+        'nbd',
+        'serve',
+        pool,
+        '--socket',
+        thinSock,
+        '--export',
+        'bench=1',
+        '--sync-io-max',
+        String(syncIoMax),
+      ],
       { stdio: 'ignore', env },
     );
     children.push(thin);
