@@ -86,6 +86,8 @@ export class Pool extends EventEmitter implements DeviceHost {
   private timer: NodeJS.Timeout | undefined;
   private dataDirty = false;
   private periodicRunning = false;
+  /** The data sync in progress, if any (see `syncData`). */
+  private dataSyncing: Promise<void> | undefined;
   private readOnlyReason: string | undefined;
   private lowWaterRaised = false;
   private spaceWaiters: (() => void)[] = [];
@@ -416,7 +418,6 @@ export class Pool extends EventEmitter implements DeviceHost {
 
   async writeData(dataBlock: number, offsetInBlock: number, data: Buffer | Buffer[]): Promise<void> {
     const position = dataBlock * this.blockBytes + offsetInBlock;
-    this.dataDirty = true;
     let parts = Array.isArray(data) ? data : [data];
     const total = parts.reduce((n, p) => n + p.length, 0);
     if (total <= this.syncIoMaxBytes) {
@@ -426,6 +427,7 @@ export class Pool extends EventEmitter implements DeviceHost {
           at += fs.writeSync(this.data.fd, part, at, part.length - at, position + done + at);
         done += part.length;
       }
+      this.noteDataWrite();
       return;
     }
     // writev may write less than asked; carry on from where it stopped.
@@ -435,9 +437,15 @@ export class Pool extends EventEmitter implements DeviceHost {
       done += bytesWritten;
       parts = skipBytes(parts, bytesWritten);
     }
+    this.noteDataWrite();
   }
 
-  noteDataWrite(): void {
+  /**
+   * Marks the data file dirty once a write has completed (not before): a data sync may run
+   * alongside writes, and a write that completes after that sync started must set the flag
+   * again for the next one.
+   */
+  private noteDataWrite(): void {
     this.dataDirty = true;
   }
 
@@ -505,14 +513,24 @@ export class Pool extends EventEmitter implements DeviceHost {
 
   /** Makes every data write that completed before the call durable. */
   private async syncData(): Promise<void> {
-    if (this.readOnlyReason || !this.dataDirty) return;
-    // Cleared first: writes landing during the sync set it again for the next commit.
+    if (this.readOnlyReason) return;
+    if (!this.dataDirty) {
+      // Clean because a sync that started after our writes completed is still running: it
+      // covers them, but they are durable only once it finishes.
+      if (this.dataSyncing) await this.dataSyncing;
+      return;
+    }
+    // Cleared first: writes completing during the sync set it again for the next one.
     this.dataDirty = false;
+    const sync = this.data.datasync();
+    this.dataSyncing = sync;
     try {
-      await this.data.datasync();
+      await sync;
     } catch (e) {
       this.dataDirty = true;
       throw e;
+    } finally {
+      if (this.dataSyncing === sync) this.dataSyncing = undefined;
     }
   }
 
