@@ -159,16 +159,17 @@ function renderSection(
     '',
     'Targets: sequential ≥ 0.9× nbdkit, 4 KiB random qd16 ≥ 1.0× qemu-nbd.',
     '',
-    'What bounds ours (perf and `node --cpu-prof` on this machine): for 1 MiB requests 65–85 % of the ' +
-      "server's CPU is the kernel copying (socket ↔ user, page cache ↔ user), the same work nbdkit does; " +
-      'JavaScript is under 5 %. The gap that remains is latency at queue depth 1: Node receives a 1 MiB ' +
-      'WRITE as sixteen 64 KiB reads, each an event-loop turn, and hands the pwrite to a threadpool thread ' +
-      'and back (two wake-ups), where nbdkit does one blocking recv and one pwrite in the same thread. At ' +
-      'qd16 those latencies overlap and the ratio is ~0.9. Random 4 KiB I/O is bound by syscalls: served ' +
-      'synchronously it costs ~12 µs of CPU per request (nbdkit ~14 µs); through the libuv threadpool it ' +
-      'costs ~30 µs, which is why small requests bypass it. Fixed on the way: 1 MiB buffers are recycled ' +
-      '(a fresh one costs ~100 µs of page faults here), and multi-chunk WRITEs go to pwritev as received ' +
-      '(no payload copy), which cut CPU per written GiB by about a quarter.',
+    'What bounds ours (perf, `node --cpu-prof` and `strace -c` on this machine): for 1 MiB requests ' +
+      "most of the server's CPU is the kernel copying (socket ↔ user, page cache ↔ user), the same work " +
+      'nbdkit does; JavaScript is a few per cent. Large WRITE payloads are read straight into recycled ' +
+      'buffers (direct receive: ~200 KiB per read on a unix socket instead of 64 KiB, no per-read ' +
+      'allocation, so no garbage-collection churn) and written with one pwrite; READ data leaves from ' +
+      'recycled buffers without a copy. What is left is scheduling: nbdkit serves each request on its ' +
+      'own thread with blocking calls, we serve all of them from one event loop; a libuv threadpool ' +
+      'round trip (two thread wake-ups) costs ~100-150 µs of CPU and latency per 1 MiB request here, ' +
+      'which is why requests up to the threshold above are served synchronously. Random 4 KiB I/O is ' +
+      'bound by syscalls: ~12-20 µs of server CPU per request, about what nbdkit spends. Other work ' +
+      'shares these 2 cores, so single runs vary by ±30 %: compare ratios within a run.',
     '',
   );
   return lines.join('\n');
