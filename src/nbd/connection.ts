@@ -248,6 +248,10 @@ export class Connection {
     if (this.finishing) return;
     this.finishing = true;
     this.socket.end();
+    // Read on, so the client's own close is seen at once: input was paused when DISC arrived,
+    // and a direct-receive socket really stops reading when paused (EOF included). Anything
+    // still sent is ignored: the transmission takes no new requests.
+    this.socket.resume();
     setTimeout(() => this.destroy(), END_GRACE_MS).unref();
   }
 }

@@ -66,6 +66,21 @@ describe('direct receive', () => {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
 
+  it('sees a client leave at once after DISC, although input was paused for it', async () => {
+    const t = await startTestServer({ sizeBytes: 8 * MiB });
+    try {
+      await tool('qemu-io', ['-f', 'raw', t.unixUri('disk'), '-c', 'write -P 0x7 0 1M']);
+      const started = Date.now();
+      while (t.server.connectionCount('disk') > 0 && Date.now() - started < 4000)
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      // The server's own fallback closes after 5 s; the client's close must be seen well before.
+      expect(t.server.connectionCount('disk')).toBe(0);
+      expect(Date.now() - started).toBeLessThan(1000);
+    } finally {
+      await t.close();
+    }
+  });
+
   it('stores large, odd-sized and pipelined WRITEs from qemu-io intact', async () => {
     const t = await startTestServer({ sizeBytes: 64 * MiB });
     try {
