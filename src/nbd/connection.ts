@@ -4,6 +4,7 @@ import type { Socket } from 'node:net';
 import type tls from 'node:tls';
 import type winston from 'winston';
 import { ByteQueue, ConnectionClosedError } from './byte-queue';
+import { adoptWithDirectReceive, type ReceiveTarget } from './direct-receive';
 import { ProtocolError } from './errors';
 import type { ClientIdentity, ExportRegistry } from './exports';
 import { Handshake, type HandshakeIo, type Session } from './handshake';
@@ -189,6 +190,7 @@ export class Connection {
       metaContexts: session.metaContexts.map((c) => c.name),
       tls: session.identity.tls,
     });
+    const direct = !session.identity.tls && this.adoptDirectReceive();
     const transmission = new Transmission(
       this.socket,
       this.queue,
@@ -196,6 +198,7 @@ export class Connection {
       this.settings.limits,
       this.log,
       (error) => this.finish(error),
+      direct,
     );
     this.transmission = transmission;
     if (this.settings.idleTimeoutMs > 0) {
@@ -206,6 +209,29 @@ export class Connection {
       });
     }
     transmission.onData();
+  }
+
+  /** Switches a plain socket to direct receive (see direct-receive.ts); false if not possible. */
+  private adoptDirectReceive(): boolean {
+    const raw = this.socket;
+    // Reads land in the transmission once it exists (synchronously after this returns).
+    const target: ReceiveTarget = {
+      sink: () => this.transmission?.sink(),
+      sinkFilled: (bytes) => this.transmission?.sinkFilled(bytes),
+      slabData: (view) => {
+        this.queue.push(view);
+        this.transmission?.onData();
+      },
+    };
+    this.detach(raw);
+    const adopted = adoptWithDirectReceive(raw, target);
+    if (!adopted) {
+      this.attach(raw);
+      return false;
+    }
+    this.socket = adopted;
+    this.attach(adopted);
+    return true;
   }
 
   private finish(error?: ProtocolError): void {
@@ -222,6 +248,10 @@ export class Connection {
     if (this.finishing) return;
     this.finishing = true;
     this.socket.end();
+    // Read on, so the client's own close is seen at once: input was paused when DISC arrived,
+    // and a direct-receive socket really stops reading when paused (EOF included). Anything
+    // still sent is ignored: the transmission takes no new requests.
+    this.socket.resume();
     setTimeout(() => this.destroy(), END_GRACE_MS).unref();
   }
 }

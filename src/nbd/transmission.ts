@@ -90,6 +90,11 @@ export class Transmission {
     private readonly log: winston.Logger,
     /** Called once the client is done (DISC served) or must be dropped (protocol error). */
     private readonly onFinished: (error?: ProtocolError) => void,
+    /**
+     * The socket reads where `sink()`/`slabData` say (see direct-receive.ts): large WRITE
+     * payloads are read straight into one buffer, so the vectored path has nothing to add.
+     */
+    private readonly directReceive = false,
   ) {
     this.extended = session.extendedHeaders;
     this.structured = session.structuredReplies;
@@ -220,12 +225,13 @@ export class Transmission {
       if (payloadBytes > 0) {
         if (queue.contiguous(payloadBytes)) {
           request.payload = queue.take(payloadBytes);
-        } else if (this.vectored && type === P.NBD_CMD_WRITE) {
+        } else if (this.vectored && !this.directReceive && type === P.NBD_CMD_WRITE) {
           // Keep the received chunks and hand them to pwritev: no copy at all.
           this.awaiting = request;
           continue;
         } else {
-          // Stream the payload into its final (recycled) buffer as it arrives: one copy.
+          // Stream the payload into its final (recycled) buffer as it arrives: one copy, or none
+          // with direct receive, where the socket reads the rest into it (`sink`).
           request.payload = pool.acquire(payloadBytes);
           request.pooled = true;
           this.partial = { request, filled: queue.drainInto(request.payload, 0, payloadBytes) };
@@ -234,6 +240,27 @@ export class Transmission {
       }
       this.dispatch(request);
     }
+  }
+
+  /**
+   * Direct receive: the unfilled rest of the WRITE payload being received, once nothing else is
+   * queued before it. Its pooled buffer is never released while the connection lives, since
+   * the socket may already have been told to read into it.
+   */
+  sink(): Buffer | undefined {
+    const partial = this.partial;
+    if (!partial || this.stopped || this.queue.length > 0) return undefined;
+    return (partial.request.payload as Buffer).subarray(partial.filled);
+  }
+
+  sinkFilled(bytes: number): void {
+    const partial = this.partial;
+    if (!partial || this.stopped) return; // no partial: cannot happen, the sink was offered for one
+    partial.filled += bytes;
+    if (partial.filled < (partial.request.payload as Buffer).length) return;
+    this.partial = undefined;
+    this.dispatch(partial.request);
+    this.onData();
   }
 
   private dispatch(request: Request): void {

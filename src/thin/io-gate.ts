@@ -15,6 +15,13 @@ export class IoGate {
     this.inflight++;
   }
 
+  /** Enters at once, without a promise, unless an exclusive section runs (then false). */
+  tryEnter(): boolean {
+    if (this.closed) return false;
+    this.inflight++;
+    return true;
+  }
+
   leave(): void {
     this.inflight--;
     if (this.inflight === 0 && this.drained) this.drained();

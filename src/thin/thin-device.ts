@@ -13,7 +13,7 @@ export interface DeviceHost {
   readonly blockBytes: number;
   readonly skipBlockZeroing: boolean;
   readData(dataBlock: number, offsetInBlock: number, into: Buffer): Promise<void>;
-  /** Writes `data` (or its pieces, in order) at a place in the data file. */
+  /** Writes `data` (or its pieces, in order) at a place in the data file; the next flush syncs it. */
   writeData(dataBlock: number, offsetInBlock: number, data: Buffer | Buffer[]): Promise<void>;
   /** A data block with one reference; throws NoDataSpaceError when none is free now. */
   allocDataBlock(): number;
@@ -22,7 +22,6 @@ export interface DeviceHost {
   waitForSpace(): Promise<void>;
   /** Throws when the pool may not be written. */
   checkWritable(): void;
-  noteDataWrite(): void;
   flush(): Promise<void>;
 }
 
@@ -68,10 +67,12 @@ export class ThinDevice implements BlockDevice {
   async readInto(offset: number, target: Buffer): Promise<void> {
     const length = target.length;
     this.checkRange(offset, length);
+    const bs = this.host.blockBytes;
+    const vblock = Math.floor(offset / bs);
+    if (offset + length <= (vblock + 1) * bs) return this.readInBlock(vblock, offset - vblock * bs, target);
     await this.host.gate.run(async () => {
       const reads: Promise<void>[] = [];
       let run: { dataBlock: number; offset: number; at: number; length: number } | undefined;
-      const bs = this.host.blockBytes;
       for (const seg of this.segments(offset, length)) {
         const m = this.host.md.lookupMapping(this.id, seg.vblock);
         if (!m) {
@@ -95,8 +96,49 @@ export class ThinDevice implements BlockDevice {
     });
   }
 
+  // Small requests (a 4 KiB random read or write) stay inside one block. Their fast paths skip
+  // the per-segment generator, promise fan-out and lock queue: about a third of the thin
+  // device's CPU per 4 KiB request went there (cpu profile under fio at qd16).
+  private async readInBlock(vblock: number, inBlock: number, target: Buffer): Promise<void> {
+    const gate = this.host.gate;
+    if (!gate.tryEnter()) await gate.enter();
+    try {
+      const m = this.host.md.lookupMapping(this.id, vblock);
+      if (!m) target.fill(0);
+      else await this.host.readData(m.dataBlock, inBlock, target);
+    } finally {
+      gate.leave();
+    }
+  }
+
+  /** Overwrite of a block this device alone owns; false (nothing done) for anything else. */
+  private async overwriteInBlock(vblock: number, inBlock: number, data: Buffer): Promise<boolean> {
+    const host = this.host;
+    if (!host.gate.tryEnter()) return false;
+    const release = this.locks.tryAcquire(vblock);
+    try {
+      if (!release) return false;
+      const m = host.md.lookupMapping(this.id, vblock);
+      if (!m || m.time < this.snapshottedTime) return false;
+      await host.writeData(m.dataBlock, inBlock, data);
+      return true;
+    } finally {
+      release?.();
+      host.gate.leave();
+    }
+  }
+
   async write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
     this.checkWrite(offset, data.length);
+    const bs = this.host.blockBytes;
+    const vblock = Math.floor(offset / bs);
+    if (
+      offset + data.length <= (vblock + 1) * bs &&
+      (await this.overwriteInBlock(vblock, offset - vblock * bs, data))
+    ) {
+      if (options.fua) await this.host.flush();
+      return;
+    }
     if (data.length > this.host.blockBytes && (await this.overwriteInPlace(offset, [data], data.length))) {
       if (options.fua) await this.host.flush();
       return;
@@ -243,7 +285,6 @@ export class ThinDevice implements BlockDevice {
       if (!m && onlyIfMapped) return;
       if (m && m.time >= this.snapshottedTime) {
         await host.writeData(m.dataBlock, offset, data);
-        host.noteDataWrite();
         return;
       }
       // Provision a block, or break sharing: build the whole new block unless the write covers it.
