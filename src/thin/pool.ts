@@ -85,9 +85,6 @@ export class Pool extends EventEmitter implements DeviceHost {
   private metadataSnapQueue: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
   private dataDirty = false;
-  private periodicRunning = false;
-  /** The data sync in progress, if any (see `syncData`). */
-  private dataSyncing: Promise<void> | undefined;
   private readOnlyReason: string | undefined;
   private lowWaterRaised = false;
   private spaceWaiters: (() => void)[] = [];
@@ -418,6 +415,7 @@ export class Pool extends EventEmitter implements DeviceHost {
 
   async writeData(dataBlock: number, offsetInBlock: number, data: Buffer | Buffer[]): Promise<void> {
     const position = dataBlock * this.blockBytes + offsetInBlock;
+    this.dataDirty = true;
     let parts = Array.isArray(data) ? data : [data];
     const total = parts.reduce((n, p) => n + p.length, 0);
     if (total <= this.syncIoMaxBytes) {
@@ -427,7 +425,6 @@ export class Pool extends EventEmitter implements DeviceHost {
           at += fs.writeSync(this.data.fd, part, at, part.length - at, position + done + at);
         done += part.length;
       }
-      this.noteDataWrite();
       return;
     }
     // writev may write less than asked; carry on from where it stopped.
@@ -437,15 +434,9 @@ export class Pool extends EventEmitter implements DeviceHost {
       done += bytesWritten;
       parts = skipBytes(parts, bytesWritten);
     }
-    this.noteDataWrite();
   }
 
-  /**
-   * Marks the data file dirty once a write has completed (not before): a data sync may run
-   * alongside writes, and a write that completes after that sync started must set the flag
-   * again for the next one.
-   */
-  private noteDataWrite(): void {
+  noteDataWrite(): void {
     this.dataDirty = true;
   }
 
@@ -460,16 +451,8 @@ export class Pool extends EventEmitter implements DeviceHost {
     return this.commit();
   }
 
-  // The bulk of the data sync runs before the exclusive section, alongside I/O: holding every
-  // request back while a second's worth of dirty pages went to disk stalled writers for most of
-  // each second (1 MiB overwrites at qd16 over NBD: 0.28x of a plain file before, ~0.5-0.7x now;
-  // the sync itself is the rest, ~1.0x with periodic commits off).
-  // Writes acknowledged before the call are in the page cache before that sync starts, so they
-  // are covered; inside the section, a second sync is needed only when there is metadata to
-  // commit (it may map blocks written since), and it only covers those few.
-  async commit(): Promise<void> {
-    await this.syncData();
-    return this.gate.exclusive(() => this.commitNow(true));
+  commit(): Promise<void> {
+    return this.gate.exclusive(() => this.commitNow());
   }
 
   status(): PoolStatus {
@@ -503,48 +486,20 @@ export class Pool extends EventEmitter implements DeviceHost {
     this.md.close();
   }
 
-  /** `dataSynced`: the caller synced the data file just before taking the exclusive section. */
-  private async commitNow(dataSynced = false): Promise<void> {
+  private async commitNow(): Promise<void> {
     if (!this.readOnlyReason) this.catalogue.flush();
     const metadataChanged = this.md.hasUncommittedChanges;
-    if (this.readOnlyReason || (!metadataChanged && (dataSynced || !this.dataDirty))) return;
-    await this.syncData();
+    if (this.readOnlyReason || (!metadataChanged && !this.dataDirty)) return;
+    if (this.dataDirty) await this.data.datasync();
+    this.dataDirty = false;
     if (metadataChanged) this.guardMetadata(() => this.md.commit());
   }
 
-  /** Makes every data write that completed before the call durable. */
-  private async syncData(): Promise<void> {
-    if (this.readOnlyReason) return;
-    if (!this.dataDirty) {
-      // Clean because a sync that started after our writes completed is still running: it
-      // covers them, but they are durable only once it finishes.
-      if (this.dataSyncing) await this.dataSyncing;
-      return;
-    }
-    // Cleared first: writes completing during the sync set it again for the next one.
-    this.dataDirty = false;
-    const sync = this.data.datasync();
-    this.dataSyncing = sync;
-    try {
-      await sync;
-    } catch (e) {
-      this.dataDirty = true;
-      throw e;
-    } finally {
-      if (this.dataSyncing === sync) this.dataSyncing = undefined;
-    }
-  }
-
   private async periodicCommit(): Promise<void> {
-    // A sync slower than the interval must not pile up commits behind it.
-    if (this.periodicRunning) return;
-    this.periodicRunning = true;
     try {
       await this.commit();
     } catch (e) {
       log.error('periodic commit failed', { error: (e as Error).message });
-    } finally {
-      this.periodicRunning = false;
     }
   }
 

@@ -13,7 +13,7 @@ export interface DeviceHost {
   readonly blockBytes: number;
   readonly skipBlockZeroing: boolean;
   readData(dataBlock: number, offsetInBlock: number, into: Buffer): Promise<void>;
-  /** Writes `data` (or its pieces, in order) at a place in the data file; the next flush syncs it. */
+  /** Writes `data` (or its pieces, in order) at a place in the data file. */
   writeData(dataBlock: number, offsetInBlock: number, data: Buffer | Buffer[]): Promise<void>;
   /** A data block with one reference; throws NoDataSpaceError when none is free now. */
   allocDataBlock(): number;
@@ -22,6 +22,7 @@ export interface DeviceHost {
   waitForSpace(): Promise<void>;
   /** Throws when the pool may not be written. */
   checkWritable(): void;
+  noteDataWrite(): void;
   flush(): Promise<void>;
 }
 
@@ -121,6 +122,7 @@ export class ThinDevice implements BlockDevice {
       const m = host.md.lookupMapping(this.id, vblock);
       if (!m || m.time < this.snapshottedTime) return false;
       await host.writeData(m.dataBlock, inBlock, data);
+      host.noteDataWrite();
       return true;
     } finally {
       release?.();
@@ -285,6 +287,7 @@ export class ThinDevice implements BlockDevice {
       if (!m && onlyIfMapped) return;
       if (m && m.time >= this.snapshottedTime) {
         await host.writeData(m.dataBlock, offset, data);
+        host.noteDataWrite();
         return;
       }
       // Provision a block, or break sharing: build the whole new block unless the write covers it.
