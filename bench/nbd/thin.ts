@@ -140,9 +140,9 @@ async function main(): Promise<void> {
       'the overwrites share the machine with its tail. With periodic commits off (`--commit-interval 0`,',
       'measured outside the benchmark lock) the overwrite rows reach 0.9-1.0× of the plain file. The',
       'periodic sync stays: it is what bounds the loss of unflushed writes to about a second',
-      '(`docs/engine.md`). First writes also allocate blocks and insert mappings, and a commit with new',
-      'mappings syncs again inside its exclusive section. Fixed on the way: commits no longer hold all I/O',
-      'back while the data syncs; WRITE payloads arrive without per-read allocations (V8 major collections',
+      '(`docs/engine.md`). The commit syncs the data inside its exclusive section, so writers wait for',
+      'it (moving that sync out was tried and reverted: it lost fsynced data in a restart test). Fixed on',
+      'the way: WRITE payloads arrive without per-read allocations (V8 major collections',
       "had taken a third of the thin server's CPU); reads and overwrites inside one block skip the",
       'per-segment fan-out and lock queue.',
     ].join('\n');
