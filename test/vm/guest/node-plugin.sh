@@ -11,7 +11,7 @@ leftovers() {
     if [ -e "$d/pid" ] || [ "$(cat "$d/size")" != 0 ]; then echo "nbd ${d##*/}"; fi
   done
   for p in /proc/[0-9]*; do
-    case "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" in
+    case "$( { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null)" in
       *nbd-reconnect*) echo "helper ${p#/proc/}" ;;
     esac
   done
@@ -66,7 +66,7 @@ start_plugin() {
 kill_plugin() {
   kill -9 "$(cat /tmp/node.pid)"
   for p in /proc/[0-9]*; do
-    case "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" in
+    case "$( { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null)" in
       *nbd-reconnect*) kill -9 "${p#/proc/}" ;;
     esac
   done
