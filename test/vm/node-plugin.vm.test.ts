@@ -23,7 +23,8 @@ import {
 
 jest.setTimeout(600_000);
 
-const KUBELET = '/var/lib/kubelet';
+// Guest paths stay in the guest script: $KUBELET and $STATE (node-plugin.sh), $SCRATCH for files.
+let KUBELET = '';
 const OUTAGE_MS = 2000;
 const SCRIPT = fs.readFileSync(path.join(__dirname, 'guest/node-plugin.sh'), 'utf8');
 
@@ -71,6 +72,7 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     const t0 = Date.now();
     node = connect(`tcp://127.0.0.1:${csiPort}`, 'Node');
     await waitForPlugin();
+    KUBELET = (await sh.ok('echo "$KUBELET"')).trim();
     pluginReadyS = (Date.now() - t0) / 1000;
   });
 
@@ -196,7 +198,7 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
       expect(await sh.ok('leftovers')).toMatch(/^helper \d+$/m);
       await node.call('NodePublishVolume', publish);
       await node.call('NodePublishVolume', publish);
-      await sh.ok(`write_tree ${target} /tmp/fs.sums`);
+      await sh.ok(`write_tree ${target} $SCRATCH/fs.sums`);
       const stats = await node.call('NodeGetVolumeStats', { volume_id: vol, volume_path: target });
       expect(stats.usage[0].used).toBeGreaterThan(16 * MiB);
 
@@ -206,14 +208,14 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
       expect(Number(await sh.ok(`blockdev --getsize64 ${dev}`))).toBe(512 * MiB);
       const after = await node.call('NodeGetVolumeStats', { volume_id: vol, volume_path: target });
       expect(after.usage[0].total).toBeGreaterThan(400 * MiB);
-      expect(await sh.ok(`check_tree ${target} /tmp/fs.sums`)).toMatch(/^10 files intact$/m);
+      expect(await sh.ok(`check_tree ${target} $SCRATCH/fs.sums`)).toMatch(/^10 files intact$/m);
 
       for (let i = 0; i < 2; i++) await unmount(vol, target, staging);
       await expectNoLeftovers();
 
       // A fresh attach (nothing cached) still has the tree and the grown filesystem.
       await mountCold(stage, publish);
-      expect(await sh.ok(`check_tree ${target} /tmp/fs.sums`)).toMatch(/^10 files intact$/m);
+      expect(await sh.ok(`check_tree ${target} $SCRATCH/fs.sums`)).toMatch(/^10 files intact$/m);
       const again = await node.call('NodeGetVolumeStats', { volume_id: vol, volume_path: target });
       expect(again.usage[0].total).toBeGreaterThan(400 * MiB);
       await unmount(vol, target, staging);
@@ -241,8 +243,8 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     await node.call('NodePublishVolume', { ...stage, target_path: target, readonly: false });
     const sum = (
       await sh.ok(
-        `dd if=/dev/urandom of=/tmp/blk bs=1M count=8 2>/dev/null && ` +
-          `dd if=/tmp/blk of=${target} bs=1M oflag=direct conv=fsync 2>/dev/null && sha256sum < /tmp/blk`,
+        `dd if=/dev/urandom of=$SCRATCH/blk bs=1M count=8 2>/dev/null && ` +
+          `dd if=$SCRATCH/blk of=${target} bs=1M oflag=direct conv=fsync 2>/dev/null && sha256sum < $SCRATCH/blk`,
       )
     ).split(' ')[0];
     expect(Number(await sh.ok(`blockdev --getsize64 ${target}`))).toBe(64 * MiB);
@@ -386,13 +388,13 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     const dmesg = await sh.run(`dmesg | grep -E 'I/O error|EXT4-fs (error|warning)|Aborting journal'`);
     expect(dmesg.output).toBe('');
     // The helper's log lives in the volume's work directory until the unstage.
-    const helperLog = await sh.ok('cat /var/lib/thinpool/work/*/nbd-reconnect.log');
+    const helperLog = await sh.ok('cat "$STATE"/work/*/nbd-reconnect.log');
     const reconnected = helperLog.match(/(reconnected|offered) .*$/gm) ?? [];
     // Cold: unstage (detach), stage again, drop caches, then every fsynced file must be intact.
     await unmount(vol, target, staging);
     await expectNoLeftovers();
     await mountCold(stage, publish);
-    const verified = await sh.ok(`cd ${target} && sha256sum -c /tmp/acked | grep -c ': OK$'`);
+    const verified = await sh.ok(`cd ${target} && sha256sum -c $SCRATCH/acked | grep -c ': OK$'`);
     expect(Number(verified)).toBe(Number(done[1]));
     await unmount(vol, target, staging);
     await sh.ok(`fsck_export ext4 ${ctx.endpoint} ${ctx.export}`);

@@ -2,6 +2,7 @@
 # host reaches it through hostfwd), then the host's commands (serve_commands) until "exit".
 KUBELET=/var/lib/kubelet
 STATE=/var/lib/thinpool
+SCRATCH=/tmp
 
 # What a volume could leave behind: mounts below the kubelet directory, nbd devices that are
 # connected or sized, nbd-reconnect processes, loop devices and staged-volume records.
