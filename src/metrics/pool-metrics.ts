@@ -59,6 +59,31 @@ gauge(
   (p) => p.status().transactionId,
 );
 
+// Counters read from the pool at scrape time; they start again at 0 when the pool is reopened,
+// which Prometheus's rate() treats as a counter reset.
+function counter(name: string, help: string, value: (pool: Pool) => number): void {
+  new client.Counter({
+    name,
+    help,
+    labelNames: ['pool'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [label, get] of pools) {
+        const pool = get();
+        if (pool) this.inc({ pool: label }, value(pool));
+      }
+    },
+  });
+}
+
+counter('thinpool_pool_commits_total', 'Metadata commits (new superblocks)', (p) => p.status().commits);
+counter(
+  'thinpool_pool_data_syncs_total',
+  'Syncs of the data file (flushes and commits with new mappings)',
+  (p) => p.status().dataSyncs,
+);
+
 /** Makes a pool visible to /metrics; the getter may return undefined while it is not open. */
 export function registerPoolMetrics(label: string, get: () => Pool | undefined): void {
   pools.set(label, get);

@@ -148,6 +148,17 @@ it('serves exports whose allocation map and delta context match the engine', asy
   expect(metrics).not.toMatch(/export="s3",op="write"/);
   expect((await fetch(`http://${metricsAddress}/healthz`)).status).toBe(200);
 
+  // A client's write and flush reach the pool: the flush syncs the data file.
+  const syncsOf = (text: string) =>
+    Number(/thinpool_pool_data_syncs_total\{pool="[^"]+"\} (\d+)/.exec(text)?.[1] ?? -1);
+  const syncsBefore = syncsOf(metrics);
+  expect(syncsBefore).toBeGreaterThanOrEqual(0);
+  const flushed = await runTool('qemu-io', ['-f', 'raw', '-c', 'write -P 7 0 4k', '-c', 'flush', uri('vol')]);
+  expect(flushed.code).toBe(0);
+  const after = await (await fetch(`http://${metricsAddress}/metrics`)).text();
+  expect(syncsOf(after)).toBeGreaterThan(syncsBefore);
+  expect(after).toMatch(/thinpool_pool_commits_total\{pool="[^"]+"\} \d+/);
+
   // Writes through real clients: the first copy provisions blocks, the second overwrites them
   // in place (large writes arrive in pieces); both must read back exactly.
   for (const round of [1, 2]) {
