@@ -268,6 +268,26 @@ export class ThinMetadata {
   }
 
   /**
+   * The data block behind `first` when the `count` blocks from `first` are all mapped, at a time
+   * ≥ `minTime`, to consecutive data blocks (one walk of the tree instead of a lookup per block);
+   * otherwise undefined.
+   */
+  consecutiveRun(id: number, first: number, count: number, minTime: number): number | undefined {
+    const root = this.deviceRoot(id);
+    if (root === undefined) throw new DeviceNotFoundError(id);
+    let next = first;
+    let start = 0;
+    for (const [vblock, value] of this.mappings.entries(root, first, first + count)) {
+      if (vblock !== next || value.readUIntLE(0, 3) < minTime) return undefined;
+      const dataBlock = value.readUIntLE(3, 5);
+      if (vblock === first) start = dataBlock;
+      else if (dataBlock !== start + (vblock - first)) return undefined;
+      next++;
+    }
+    return next === first + count ? start : undefined;
+  }
+
+  /**
    * Maps `vblock` to `dataBlock` at the current time. The tree takes over the reference the
    * caller holds on `dataBlock` (from `allocDataBlock`); a replaced block loses one.
    */

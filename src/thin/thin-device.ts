@@ -164,13 +164,8 @@ export class ThinDevice implements BlockDevice {
         // Ascending order, and single-block operations never hold one lock while taking another.
         for (let v = first; v <= last; v++)
           releases.push(this.locks.tryAcquire(v) ?? (await this.locks.acquire(v)));
-        let start = -1;
-        for (let v = first; v <= last; v++) {
-          const m = this.host.md.lookupMapping(this.id, v);
-          if (!m || m.time < this.snapshottedTime) return false;
-          if (v === first) start = m.dataBlock;
-          else if (m.dataBlock !== start + (v - first)) return false;
-        }
+        const start = this.host.md.consecutiveRun(this.id, first, last - first + 1, this.snapshottedTime);
+        if (start === undefined) return false;
         await this.host.writeData(start, offset - first * bs, parts);
         return true;
       } finally {
