@@ -8,6 +8,13 @@ import { registry } from './registry';
  */
 const pools = new Map<string, () => Pool | undefined>();
 
+function eachPool(fn: (label: string, pool: Pool) => void): void {
+  for (const [label, get] of pools) {
+    const pool = get();
+    if (pool) fn(label, pool);
+  }
+}
+
 function gauge(name: string, help: string, value: (pool: Pool) => number): void {
   new client.Gauge({
     name,
@@ -16,10 +23,7 @@ function gauge(name: string, help: string, value: (pool: Pool) => number): void 
     registers: [registry],
     collect() {
       this.reset();
-      for (const [label, get] of pools) {
-        const pool = get();
-        if (pool) this.set({ pool: label }, value(pool));
-      }
+      eachPool((label, pool) => this.set({ pool: label }, value(pool)));
     },
   });
 }
@@ -69,10 +73,7 @@ function counter(name: string, help: string, value: (pool: Pool) => number): voi
     registers: [registry],
     collect() {
       this.reset();
-      for (const [label, get] of pools) {
-        const pool = get();
-        if (pool) this.inc({ pool: label }, value(pool));
-      }
+      eachPool((label, pool) => this.inc({ pool: label }, value(pool)));
     },
   });
 }

@@ -388,7 +388,7 @@ describeVm('node plugin in the VM (kernel NBD client) against the host controlle
     const dmesg = await sh.run(`dmesg | grep -E 'I/O error|EXT4-fs (error|warning)|Aborting journal'`);
     expect(dmesg.output).toBe('');
     // The helper's log lives in the volume's work directory until the unstage.
-    const helperLog = await sh.ok('cat "$STATE"/work/*/nbd-reconnect.log');
+    const helperLog = await sh.ok('find "$STATE" -name nbd-reconnect.log -exec cat {} +');
     const reconnected = helperLog.match(/(reconnected|offered) .*$/gm) ?? [];
     // Cold: unstage (detach), stage again, drop caches, then every fsynced file must be intact.
     await unmount(vol, target, staging);
