@@ -7,6 +7,7 @@ import { MAX_METADATA_BLOCKS, MetadataSpaceMap } from '../pdata/space-map/metada
 import { TransactionManager } from '../pdata/transaction-manager';
 import { u64Value as u64 } from '../pdata/btree/node';
 import { NoDataSpaceError } from '../pdata/errors';
+import { faultPoint } from '../util/fault-point';
 import {
   DEVICE_DETAILS_SIZE,
   DeviceDetails,
@@ -32,6 +33,13 @@ export interface FormatOptions {
   nrDataBlocks: number;
 }
 
+/** Told of every mapping change as it is made, and of every commit. */
+export interface MappingChangeListener {
+  mapped(id: number, vblock: number, dataBlock: number, time: number): void;
+  unmapped(id: number, vblock: number): void;
+  committed(sb: Superblock): void;
+}
+
 export interface OpenOptions {
   readOnly?: boolean;
   cacheBlocks?: number;
@@ -54,6 +62,7 @@ export class ThinMetadata {
   private treeVersion = 0;
   /** Device details changed in this transaction, written into the details tree at commit. */
   private readonly changedDetails = new Map<number, DeviceDetails>();
+  listener: MappingChangeListener | undefined;
 
   private constructor(
     readonly bm: BlockManager,
@@ -189,6 +198,8 @@ export class ThinMetadata {
     this.dataSm.committed();
     this.metadataSm.committed();
     this.tm.beginTransaction();
+    faultPoint('commit:after-superblock');
+    this.listener?.committed(this.sb);
   }
 
   // ---- devices (the kernel's dm-thin-metadata operations) ----
@@ -303,6 +314,7 @@ export class ThinMetadata {
       }),
     );
     if (inserted) this.changedDetails.set(id, { ...details, mappedBlocks: details.mappedBlocks + 1 });
+    this.listener?.mapped(id, vblock, dataBlock, this.sb.time);
   }
 
   /** Unmaps `vblock`; returns whether it was mapped. */
@@ -315,6 +327,7 @@ export class ThinMetadata {
       ),
     );
     this.changedDetails.set(id, { ...details, mappedBlocks: details.mappedBlocks - 1 });
+    this.listener?.unmapped(id, vblock);
     return true;
   }
 
@@ -323,6 +336,11 @@ export class ThinMetadata {
     const block = this.dataSm!.counts.allocate();
     if (block === undefined) throw new NoDataSpaceError();
     return block;
+  }
+
+  /** Takes the one reference on a data block that is free now and was at the last commit. */
+  claimDataBlock(dataBlock: number): boolean {
+    return this.dataSm!.counts.claim(dataBlock);
   }
 
   /** True when the data block is referenced by more than one leaf (a write must copy it). */

@@ -26,6 +26,7 @@ export function poolPaths(dir: string) {
     metadata: path.join(dir, 'metadata'),
     data: path.join(dir, 'data'),
     catalogue: path.join(dir, 'catalogue.json'),
+    journal: path.join(dir, 'mapping-journal'),
   };
 }
 
@@ -97,6 +98,8 @@ export function formatPool(dir: string, options: PoolCreateOptions): void {
   if (!options.dataDevice && options.dataSizeBytes === undefined)
     throw new PoolConfigError('a data size is required');
   fs.mkdirSync(dir, { recursive: true });
+  // A journal left from an earlier pool here must never be replayed onto this one.
+  fs.rmSync(paths.journal, { force: true });
   try {
     if (options.dataDevice) fs.symlinkSync(options.dataDevice, paths.data);
     if (options.metadataDevice) fs.symlinkSync(options.metadataDevice, paths.metadata);

@@ -11,6 +11,7 @@ import { DeltaRange, MappedRange, allocatedRanges, deltaRanges } from './delta';
 import { OutOfDataSpaceError, PoolError, PoolReadOnlyError } from './errors';
 import { blockRunsToExtents } from './extents';
 import { IoGate } from './io-gate';
+import { MappingJournal } from './mapping-journal';
 import { DeviceDetails, MAX_DEVICE_ID } from './mapping';
 import { DeviceExistsError, DeviceNotFoundError, ThinMetadata } from './metadata';
 import { PoolConfigError, PoolCreateOptions, formatPool, poolPaths } from './pool-files';
@@ -95,6 +96,7 @@ export class Pool extends EventEmitter implements DeviceHost {
   private lowWaterRaised = false;
   private spaceWaiters: (() => void)[] = [];
   private closed = false;
+  private journal: MappingJournal | undefined;
 
   private constructor(
     readonly dir: string,
@@ -147,6 +149,7 @@ export class Pool extends EventEmitter implements DeviceHost {
         : Catalogue.create(paths.catalogue, md.sb.transactionId);
       const pool = new Pool(dir, md, data, catalogue, options);
       catalogue.reconcile(md.sb.transactionId, md.deviceIds());
+      if (!pool.readOnlyReason) await pool.startJournal();
       return pool;
     } catch (e) {
       await data?.close();
@@ -490,8 +493,40 @@ export class Pool extends EventEmitter implements DeviceHost {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     if (!this.readOnlyReason) await this.commit();
+    this.journal?.close();
     await this.data.close();
     this.md.close();
+  }
+
+  // Replays what a killed predecessor acknowledged without committing (its data is in the page
+  // cache), commits it, then journals this process's own changes.
+  private async startJournal(): Promise<void> {
+    const journal = MappingJournal.open(poolPaths(this.dir).journal);
+    if (!journal) {
+      log.warn('no boot id: writes acknowledged but not yet flushed are lost if this process is killed');
+      return;
+    }
+    try {
+      const replay = journal.replay(this.md);
+      if (replay.note) log.warn('mapping journal', { note: replay.note });
+      if (replay.applied > 0) {
+        this.dataDirty = true;
+        await this.syncData();
+        this.guardMetadata(() => this.md.commit());
+        this.commitCount++;
+        log.info('replayed mapping changes acknowledged before the last stop', { records: replay.applied });
+      }
+      journal.committed(this.md.sb);
+    } catch (e) {
+      journal.close();
+      throw new PoolError(
+        `replaying ${poolPaths(this.dir).journal} failed (${(e as Error).message}); moving it aside ` +
+          'opens the pool without the writes it holds',
+        'EIO',
+      );
+    }
+    this.journal = journal;
+    this.md.listener = journal;
   }
 
   /**

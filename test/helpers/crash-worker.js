@@ -1,6 +1,7 @@
 // Child process for the crash test: random sequential I/O on a pool until it is SIGKILLed.
-// Before each operation it appends the operation to a journal; after each flush (or snapshot,
-// which commits) it appends a durability marker. The parent replays the journal.
+// Before each operation it appends the operation to a journal; after each write it appends an
+// acknowledgement, after each flush (or snapshot, which commits) a durability marker. The
+// parent replays the journal.
 const fs = require('node:fs');
 const { Pool } = require('../../dist/thin/pool');
 const { fillPattern } = require('./crash-pattern');
@@ -28,12 +29,15 @@ const log = (entry) => fs.appendFileSync(journal, JSON.stringify(entry) + '\n');
       const tag = (Number(seedText) * 100000 + n) >>> 0;
       log({ op: 'write', id, offset, length: len, tag });
       await dev.write(offset, fillPattern(Buffer.alloc(len), tag), { fua: rnd() < 0.05 });
+      log({ op: 'acked' });
     } else if (r < 0.7) {
       log({ op: 'zero', id, offset, length: len });
       await dev.trim(offset, len);
+      log({ op: 'acked' });
     } else if (r < 0.78) {
       log({ op: 'zero', id, offset, length: len });
       await dev.writeZeroes(offset, len, { noHole: rnd() < 0.5 });
+      log({ op: 'acked' });
     } else if (r < 0.96 || ids.length >= 8) {
       await dev.flush();
       log({ op: 'durable' });

@@ -115,6 +115,18 @@ export class RefCounts {
     }
   }
 
+  /** Like `allocate`, for a chosen block: false (nothing changed) unless it may be handed out. */
+  claim(block: number): boolean {
+    if (!Number.isSafeInteger(block) || block < 0 || block >= this.nrBlocksValue) return false;
+    const index = Math.floor(block / ENTRIES_PER_BITMAP);
+    const entry = block % ENTRIES_PER_BITMAP;
+    const committed = this.committed[index];
+    if (entryOf(this.bitmaps[index], entry) !== 0 || (committed && entryOf(committed, entry) !== 0))
+      return false;
+    this.setCount(block, 1);
+    return true;
+  }
+
   /** A block free now and in the last committed state, with count set to 1; undefined when full. */
   allocate(): number | undefined {
     const nrBitmaps = this.bitmaps.length;
