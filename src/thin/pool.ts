@@ -427,21 +427,14 @@ export class Pool extends EventEmitter implements DeviceHost {
     this.dataDirty = true;
     let parts = Array.isArray(data) ? data : [data];
     const total = parts.reduce((n, p) => n + p.length, 0);
-    if (total <= this.syncIoMaxBytes) {
-      let done = 0;
-      for (const part of parts) {
-        for (let at = 0; at < part.length;)
-          at += fs.writeSync(this.data.fd, part, at, part.length - at, position + done + at);
-        done += part.length;
-      }
-      return;
-    }
+    const sync = total <= this.syncIoMaxBytes;
     // writev may write less than asked; carry on from where it stopped.
-    let done = 0;
-    while (done < total) {
-      const { bytesWritten } = await this.data.writev(parts, position + done);
-      done += bytesWritten;
-      parts = skipBytes(parts, bytesWritten);
+    for (let done = 0; done < total;) {
+      const n = sync
+        ? fs.writevSync(this.data.fd, parts, position + done)
+        : (await this.data.writev(parts, position + done)).bytesWritten;
+      done += n;
+      if (done < total) parts = skipBytes(parts, n);
     }
   }
 
