@@ -43,10 +43,16 @@ function superblockIdentity(sb: Superblock): number {
 
 export class MappingJournal implements MappingChangeListener {
   private nonce = 0;
+  /** Records on file in this generation. */
   private records = 0;
+  // Records not yet on file. They go out in one write from a microtask queued by the first of
+  // them: whatever acknowledges a write runs in a later microtask than that write's records.
+  private pending = Buffer.alloc(64 * RECORD_BYTES);
+  private nrPending = 0;
   // Nonce then record: the checksum covers both, so records of an earlier generation past the
   // current end never pass for current ones.
   private readonly scratch = Buffer.alloc(4 + RECORD_BYTES);
+  private readonly persistNow = () => this.persist();
 
   private constructor(
     private readonly fd: number,
@@ -100,6 +106,7 @@ export class MappingJournal implements MappingChangeListener {
   committed(sb: Superblock): void {
     this.nonce = crypto.randomBytes(4).readUInt32LE(0);
     this.records = 0;
+    this.nrPending = 0; // committed with the rest
     const header = Buffer.alloc(HEADER_BYTES);
     header.writeUInt32LE(MAGIC, 0);
     header.writeUInt32LE(VERSION, 4);
@@ -112,7 +119,18 @@ export class MappingJournal implements MappingChangeListener {
   }
 
   close(): void {
+    this.persist();
     fs.closeSync(this.fd);
+  }
+
+  /** Writes the pending records (before anything that depends on them is acknowledged). */
+  persist(): void {
+    if (this.nrPending === 0) return;
+    const bytes = this.nrPending * RECORD_BYTES;
+    const pos = HEADER_BYTES + this.records * RECORD_BYTES;
+    for (let at = 0; at < bytes;) at += fs.writeSync(this.fd, this.pending, at, bytes - at, pos + at);
+    this.records += this.nrPending;
+    this.nrPending = 0;
   }
 
   private append(kind: number, id: number, vblock: number, dataBlock: number, time: number): void {
@@ -125,9 +143,14 @@ export class MappingJournal implements MappingChangeListener {
     s.writeUIntLE(dataBlock, 20, 6);
     s.writeUInt32LE(time, 28);
     s.writeUInt32LE(crc32c(s.subarray(0, 32)), 32);
-    const pos = HEADER_BYTES + this.records * RECORD_BYTES;
-    for (let at = 4; at < s.length;) at += fs.writeSync(this.fd, s, at, s.length - at, pos + at - 4);
-    this.records++;
+    if (this.nrPending === 0) queueMicrotask(this.persistNow);
+    if ((this.nrPending + 1) * RECORD_BYTES > this.pending.length) {
+      const grown = Buffer.alloc(this.pending.length * 2);
+      this.pending.copy(grown);
+      this.pending = grown;
+    }
+    s.copy(this.pending, this.nrPending * RECORD_BYTES, 4);
+    this.nrPending++;
   }
 }
 
