@@ -222,6 +222,7 @@ export class Connection {
         this.queue.push(view);
         this.transmission?.onData();
       },
+      slabIdle: () => this.queue.length === 0,
     };
     this.detach(raw);
     const adopted = adoptWithDirectReceive(raw, target);

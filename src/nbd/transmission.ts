@@ -223,7 +223,9 @@ export class Transmission {
       this.pendingBytes += request.reserved;
       this.inFlight++;
       if (payloadBytes > 0) {
-        if (queue.contiguous(payloadBytes)) {
+        // With direct receive the queue's bytes sit in a slab that is reused once they are
+        // consumed, so a payload never stays a view of it.
+        if (!this.directReceive && queue.contiguous(payloadBytes)) {
           request.payload = queue.take(payloadBytes);
         } else if (this.vectored && !this.directReceive && type === P.NBD_CMD_WRITE) {
           // Keep the received chunks and hand them to pwritev: no copy at all.

@@ -30,6 +30,7 @@ describe('direct receive', () => {
           sinkReads++;
         },
         slabData: (view) => slab.push(Buffer.from(view)),
+        slabIdle: () => true,
       });
       expect(adopted).toBeDefined();
       adopted!.on('end', () => {
@@ -51,6 +52,49 @@ describe('direct receive', () => {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
 
+  // 1 MiB through the slab in 4 KiB pieces: a consumed slab is rewound (one slab for all of it),
+  // while views still held keep their bytes (new slabs instead).
+  for (const consume of [true, false]) {
+    it(`${consume ? 'rewinds the slab once its bytes are consumed' : 'never overwrites slab bytes still held'}`, async () => {
+      const socketPath = path.join(os.tmpdir(), `direct-receive-slab-${consume}-${process.pid}.sock`);
+      const sent = Buffer.alloc(MiB);
+      for (let i = 0; i < sent.length; i += 4) sent.writeUInt32LE(Math.imul(i, 2654435761) >>> 0, i);
+      const held: Buffer[] = [];
+      const copies: Buffer[] = [];
+      const slabs = new Set<ArrayBufferLike>();
+      let ended!: () => void;
+      const endedPromise = new Promise<void>((resolve) => (ended = resolve));
+      const server = net.createServer((socket) => {
+        const adopted = adoptWithDirectReceive(socket, {
+          sink: () => undefined,
+          sinkFilled: () => undefined,
+          slabData: (view) => {
+            slabs.add(view.buffer);
+            if (consume) copies.push(Buffer.from(view));
+            else held.push(view);
+          },
+          slabIdle: () => consume,
+        });
+        adopted!.on('end', () => {
+          adopted!.end();
+          ended();
+        });
+      });
+      await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+      const client = net.connect(socketPath);
+      for (let at = 0; at < sent.length; at += 4096) {
+        client.write(sent.subarray(at, at + 4096));
+        if (at % (64 * 1024) === 0) await new Promise((resolve) => setImmediate(resolve));
+      }
+      client.end();
+      await endedPromise;
+      expect(Buffer.concat(consume ? copies : held).equals(sent)).toBe(true);
+      if (consume) expect(slabs.size).toBe(1);
+      else expect(slabs.size).toBeGreaterThanOrEqual(4);
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    });
+  }
+
   it('leaves a socket with unsent output alone', async () => {
     const server = net.createServer();
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -59,7 +103,12 @@ describe('direct receive', () => {
     const socket = await accepted;
     socket.cork();
     socket.write('queued');
-    const target = { sink: () => undefined, sinkFilled: () => undefined, slabData: () => undefined };
+    const target = {
+      sink: () => undefined,
+      sinkFilled: () => undefined,
+      slabData: () => undefined,
+      slabIdle: () => true,
+    };
     expect(adoptWithDirectReceive(socket, target)).toBeUndefined();
     socket.destroy();
     client.destroy();
