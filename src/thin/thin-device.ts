@@ -72,6 +72,11 @@ export class ThinDevice implements BlockDevice {
     const vblock = Math.floor(offset / bs);
     if (offset + length <= (vblock + 1) * bs) return this.readInBlock(vblock, offset - vblock * bs, target);
     await this.host.gate.run(async () => {
+      // The common case, as for overwrites: every block mapped, consecutively in the data file.
+      const last = Math.floor((offset + length - 1) / bs);
+      const start = this.host.md.consecutiveRun(this.id, vblock, last - vblock + 1, 0);
+      if (start !== undefined)
+        return this.readRun({ dataBlock: start, offset: offset - vblock * bs, at: 0, length }, target);
       const reads: Promise<void>[] = [];
       let run: { dataBlock: number; offset: number; at: number; length: number } | undefined;
       for (const seg of this.segments(offset, length)) {
