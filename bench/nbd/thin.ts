@@ -36,14 +36,17 @@ const jobs: Job[] = [
   { label: 'read, rand 4K qd16', rw: 'randread', bs: '4k', iodepth: 16 },
 ];
 
-async function fio(socket: string, job: Job): Promise<number> {
+/** Runs per row and server; first writes use a fresh device (and a fresh plain file) each. */
+const ROUNDS = 3;
+
+async function fio(socket: string, exportName: string, job: Job): Promise<number> {
   const timing = job.onePass ? [] : ['--time_based', '--runtime=5', '--ramp_time=1'];
   const { stdout } = await run(
     'fio',
     [
       '--name=bench',
       '--ioengine=nbd',
-      `--uri=nbd+unix:///bench?socket=${socket}`,
+      `--uri=nbd+unix:///${exportName}?socket=${socket}`,
       `--rw=${job.rw}`,
       `--bs=${job.bs}`,
       `--iodepth=${job.iodepth}`,
@@ -71,54 +74,52 @@ async function main(): Promise<void> {
   try {
     const env = { ...process.env, THINPOOL_LOG_LEVEL: 'warn' };
     const pool = path.join(dir, 'pool');
-    await run(process.execPath, [cli, 'pool', 'create', pool, '--data-size', `${sizeMib * 2}M`]);
-    await run(process.execPath, [cli, 'thin', 'create', pool, '1', '--size', `${sizeMib}M`]);
-    const raw = path.join(dir, 'plain.img');
-    await writeFile(raw, '');
-    await run('truncate', ['-s', `${sizeMib}M`, raw]);
-
+    await run(process.execPath, [cli, 'pool', 'create', pool, '--data-size', `${sizeMib * (ROUNDS + 1)}M`]);
     const thinSock = path.join(dir, 'thin.sock');
+    const thinExports: string[] = [];
+    const fileSocks: string[] = [];
+    for (let n = 1; n <= ROUNDS; n++) {
+      await run(process.execPath, [cli, 'thin', 'create', pool, String(n), '--size', `${sizeMib}M`]);
+      thinExports.push('--export', `d${n}=${n}`);
+      const raw = path.join(dir, `plain-${n}.img`);
+      await writeFile(raw, '');
+      await run('truncate', ['-s', `${sizeMib}M`, raw]);
+      const fileSock = path.join(dir, `file-${n}.sock`);
+      const file = spawn(
+        process.execPath,
+        [path.join(__dirname, 'serve.js'), raw, '--socket', fileSock, '--sync-io-max', String(syncIoMax)],
+        { stdio: 'ignore', env },
+      );
+      children.push(file);
+      fileSocks.push(fileSock);
+    }
     const thin = spawn(
       process.execPath,
-      [
-        cli,
-        'nbd',
-        'serve',
-        pool,
-        '--socket',
-        thinSock,
-        '--export',
-        'bench=1',
-        '--sync-io-max',
-        String(syncIoMax),
-      ],
+      [cli, 'nbd', 'serve', pool, '--socket', thinSock, ...thinExports, '--sync-io-max', String(syncIoMax)],
       { stdio: 'ignore', env },
     );
     children.push(thin);
-    const fileSock = path.join(dir, 'file.sock');
-    const file = spawn(
-      process.execPath,
-      [path.join(__dirname, 'serve.js'), raw, '--socket', fileSock, '--sync-io-max', String(syncIoMax)],
-      { stdio: 'ignore', env },
-    );
-    children.push(file);
     await waitFor(thinSock, thin);
-    await waitFor(fileSock, file);
+    for (const [i, sock] of fileSocks.entries()) await waitFor(sock, children[i]);
 
     const rows: string[] = [];
     const ratios: number[] = [];
     for (const job of jobs) {
-      // Time-based jobs: median of three runs each, alternating which server goes first (single
-      // runs on a shared machine move by ±30%). A first write can only be measured once.
+      // The median of ROUNDS runs per server, alternating which goes first (single runs on a
+      // shared machine move by ±30%). First writes go to a fresh device and file each round; the
+      // rest run on the first ones, provisioned by then.
       const thinRuns: number[] = [];
       const plainRuns: number[] = [];
-      for (let round = 0; round < (job.onePass ? 1 : 3); round++) {
+      for (let round = 0; round < ROUNDS; round++) {
+        const target = job.onePass ? round : 0;
+        const thinRun = async () => thinRuns.push(await fio(thinSock, `d${target + 1}`, job));
+        const plainRun = async () => plainRuns.push(await fio(fileSocks[target], 'bench', job));
         if (round % 2 === 0) {
-          thinRuns.push(await fio(thinSock, job));
-          plainRuns.push(await fio(fileSock, job));
+          await thinRun();
+          await plainRun();
         } else {
-          plainRuns.push(await fio(fileSock, job));
-          thinRuns.push(await fio(thinSock, job));
+          await plainRun();
+          await thinRun();
         }
       }
       const ours = median(thinRuns);
@@ -137,7 +138,8 @@ async function main(): Promise<void> {
       "Both exports are our NBD server on unix sockets, measured with fio's nbd engine: a thin",
       'device of a file-backed pool (`thinpool nbd serve`) and a plain file (`FileBlockDevice`),',
       `both serving data I/O up to ${syncIoMax / 1024} KiB synchronously (\`--sync-io-max\`). Each`,
-      'time-based row is the median of three 5 s runs per server, alternating which goes first.',
+      'row is the median of three runs per server, alternating which goes first (5 s each; first',
+      'writes on a fresh thin device and a fresh sparse file each time).',
       '',
       '| workload | thin device | plain file | thin / file |',
       '| --- | --- | --- | --- |',

@@ -89,7 +89,11 @@ export class Pool extends EventEmitter implements DeviceHost {
   private readonly openReadOnly = new Map<number, ThinDevice>();
   private metadataSnapQueue: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
+  // Set when a data write starts and again when it ends, so that clearing it before a sync
+  // starts leaves it set for every write that sync may not cover.
   private dataDirty = false;
+  /** A data sync running outside the exclusive section (see `periodicCommit`). */
+  private earlySync: Promise<void> | undefined;
   private commitCount = 0;
   private dataSyncCount = 0;
   private readOnlyReason: string | undefined;
@@ -436,6 +440,7 @@ export class Pool extends EventEmitter implements DeviceHost {
       done += n;
       if (done < total) parts = skipBytes(parts, n);
     }
+    this.dataDirty = true;
   }
 
   noteDataWrite(): void {
@@ -530,6 +535,7 @@ export class Pool extends EventEmitter implements DeviceHost {
    * while a second's dirty pages went to disk.
    */
   private async commitNow(dataOnlyIfMapped = false): Promise<void> {
+    await this.earlySyncDone();
     if (!this.readOnlyReason) this.catalogue.flush();
     const metadataChanged = this.md.hasUncommittedChanges;
     if (this.readOnlyReason) return;
@@ -543,8 +549,25 @@ export class Pool extends EventEmitter implements DeviceHost {
 
   private async periodicCommit(): Promise<void> {
     // Nothing to commit: do not hold I/O back just to find that out.
-    if (this.readOnlyReason || !this.md.hasUncommittedChanges) return;
+    if (this.readOnlyReason || !this.md.hasUncommittedChanges || this.earlySync) return;
     try {
+      // Most dirty data goes to disk while I/O goes on, so the sync the commit needs inside its
+      // exclusive section (where writers wait) has only what was written meanwhile left to do.
+      if (this.dataDirty) {
+        this.dataDirty = false;
+        this.earlySync = this.data.datasync().then(
+          () => void this.dataSyncCount++,
+          (e: unknown) => {
+            this.dataDirty = true;
+            throw e;
+          },
+        );
+        try {
+          await this.earlySync;
+        } finally {
+          this.earlySync = undefined;
+        }
+      }
       await this.gate.exclusive(() => this.commitNow(true));
     } catch (e) {
       log.error('periodic commit failed', { error: (e as Error).message });
@@ -564,7 +587,14 @@ export class Pool extends EventEmitter implements DeviceHost {
     });
   }
 
+  // Writes an early sync took for clean are only clean once it is done (a failed one set them
+  // dirty again).
+  private async earlySyncDone(): Promise<void> {
+    if (this.earlySync) await this.earlySync.catch(() => undefined);
+  }
+
   private async syncData(): Promise<void> {
+    await this.earlySyncDone();
     if (!this.dataDirty) return;
     await this.data.datasync();
     this.dataSyncCount++;
