@@ -1,5 +1,6 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import { logger } from '../log';
 import { crc32c } from '../pdata/crc32c';
 import type { MappingChangeListener, ThinMetadata } from './metadata';
 import { Superblock, encodeSuperblock } from './superblock';
@@ -18,6 +19,8 @@ const RECORD_BYTES = 32;
 const MAP = 1;
 const UNMAP = 2;
 const BOOT_ID_PATH = '/proc/sys/kernel/random/boot_id';
+
+const log = logger('pool');
 
 export interface ReplayResult {
   /** Records applied to the metadata (the caller syncs data and commits). */
@@ -52,7 +55,10 @@ export class MappingJournal implements MappingChangeListener {
   // Nonce then record: the checksum covers both, so records of an earlier generation past the
   // current end never pass for current ones.
   private readonly scratch = Buffer.alloc(4 + RECORD_BYTES);
-  private readonly persistNow = () => this.persist();
+  // From a microtask a throw would take the server down: a journal that cannot be written is
+  // dropped instead (the pool is then as safe against a kill as without one).
+  private readonly persistNow = () => this.guard(() => this.persist());
+  private failed: Error | undefined;
 
   private constructor(
     private readonly fd: number,
@@ -104,6 +110,10 @@ export class MappingJournal implements MappingChangeListener {
 
   /** Starts a new generation on top of the state just committed. */
   committed(sb: Superblock): void {
+    if (!this.failed) this.guard(() => this.startGeneration(sb));
+  }
+
+  private startGeneration(sb: Superblock): void {
     this.nonce = crypto.randomBytes(4).readUInt32LE(0);
     this.records = 0;
     this.nrPending = 0; // committed with the rest
@@ -119,7 +129,7 @@ export class MappingJournal implements MappingChangeListener {
   }
 
   close(): void {
-    this.persist();
+    if (!this.failed) this.guard(() => this.persist());
     fs.closeSync(this.fd);
   }
 
@@ -133,7 +143,21 @@ export class MappingJournal implements MappingChangeListener {
     this.nrPending = 0;
   }
 
+  // After a failure the header is left alone: once a later commit lands it names an older state,
+  // so none of its records are replayed; before that they are a true prefix of what was done.
+  private guard(write: () => void): void {
+    try {
+      write();
+    } catch (e) {
+      this.failed = e as Error;
+      log.error('mapping journal write failed; journaling stops until the pool is reopened', {
+        error: this.failed.message,
+      });
+    }
+  }
+
   private append(kind: number, id: number, vblock: number, dataBlock: number, time: number): void {
+    if (this.failed) return;
     const s = this.scratch;
     s.fill(0);
     s.writeUInt32LE(this.nonce, 0);

@@ -443,10 +443,6 @@ export class Pool extends EventEmitter implements DeviceHost {
     this.dataDirty = true;
   }
 
-  noteDataWrite(): void {
-    this.dataDirty = true;
-  }
-
   checkWritable(): void {
     if (this.readOnlyReason) throw new PoolReadOnlyError(this.readOnlyReason);
   }

@@ -22,7 +22,6 @@ export interface DeviceHost {
   waitForSpace(): Promise<void>;
   /** Throws when the pool may not be written. */
   checkWritable(): void;
-  noteDataWrite(): void;
   flush(): Promise<void>;
 }
 
@@ -127,7 +126,6 @@ export class ThinDevice implements BlockDevice {
       const m = host.md.lookupMapping(this.id, vblock);
       if (!m || m.time < this.snapshottedTime) return false;
       await host.writeData(m.dataBlock, inBlock, data);
-      host.noteDataWrite();
       return true;
     } finally {
       release?.();
@@ -287,7 +285,6 @@ export class ThinDevice implements BlockDevice {
       if (!m && onlyIfMapped) return;
       if (m && m.time >= this.snapshottedTime) {
         await host.writeData(m.dataBlock, offset, data);
-        host.noteDataWrite();
         return;
       }
       // Provision a block, or break sharing: build the whole new block unless the write covers it.

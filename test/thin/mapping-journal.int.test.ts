@@ -176,3 +176,28 @@ it('a server killed with SIGKILL loses no write its NBD client saw acknowledged'
   expect(await new Promise((r) => second.child.once('exit', r))).toBe(0);
   await expectCleanMetadata(dir);
 }, 60_000);
+
+it('keeps serving when the journal cannot be written (journaling stops, nothing crashes)', async () => {
+  const dir = await makePool();
+  // Every write to /dev/full fails with ENOSPC; reads give zeros (no valid header).
+  fs.rmSync(poolPaths(dir).journal);
+  fs.symlinkSync('/dev/full', poolPaths(dir).journal);
+  const pool = await Pool.open(dir, { commitIntervalMs: 0 });
+  try {
+    const data = fillPattern(Buffer.alloc(192 * 1024), 4);
+    await pool.device(1).write(0, data);
+    await pool.flush();
+    expect((await pool.device(1).read(0, data.length)).equals(data)).toBe(true);
+  } finally {
+    await pool.close();
+  }
+  await expectContent(
+    dir,
+    (() => {
+      const want = committedOnly();
+      fillPattern(Buffer.alloc(192 * 1024), 4).copy(want, 0);
+      return want;
+    })(),
+  );
+  await expectCleanMetadata(dir);
+});
