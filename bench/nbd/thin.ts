@@ -40,6 +40,9 @@ const jobs: Job[] = [
 const ROUNDS = 3;
 
 async function fio(socket: string, exportName: string, job: Job): Promise<number> {
+  // Each run starts with no dirty pages left by the one before (their writeback would land on
+  // whichever server runs next).
+  await run('sync');
   const timing = job.onePass ? [] : ['--time_based', '--runtime=5', '--ramp_time=1'];
   const { stdout } = await run(
     'fio',

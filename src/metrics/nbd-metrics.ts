@@ -1,9 +1,54 @@
 import client from 'prom-client';
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../block-device';
 import type { NbdServer } from '../nbd';
-import { nbdBytes, nbdLatency, nbdOperations, registry } from './registry';
+import { nbdLatency, registry } from './registry';
 
 const servers = new Set<NbdServer>();
+
+/** What one export did with one operation, as plain numbers (never reset, never removed). */
+interface OpTally {
+  exportName: string;
+  op: string;
+  bytes: number;
+  ok: number;
+  error: number;
+}
+
+// The hot path only adds to these; prom-client's counters take them over when scraped. Its own
+// inc() hashes the label set on every call, which cost ~0.9 µs of server CPU per 4 KiB request.
+const tallies = new Map<string, OpTally>();
+
+function tallyFor(exportName: string, op: string): OpTally {
+  const key = `${exportName}\0${op}`;
+  let tally = tallies.get(key);
+  if (!tally) tallies.set(key, (tally = { exportName, op, bytes: 0, ok: 0, error: 0 }));
+  return tally;
+}
+
+export const nbdBytes = new client.Counter({
+  name: 'thinpool_nbd_bytes_total',
+  help: 'Bytes moved through NBD exports, by export and operation (read, write, trim, zero)',
+  labelNames: ['export', 'op'] as const,
+  registers: [registry],
+  collect() {
+    this.reset();
+    for (const t of tallies.values()) if (t.bytes) this.inc({ export: t.exportName, op: t.op }, t.bytes);
+  },
+});
+
+export const nbdOperations = new client.Counter({
+  name: 'thinpool_nbd_operations_total',
+  help: 'NBD operations served, by export, operation and result (ok or error)',
+  labelNames: ['export', 'op', 'result'] as const,
+  registers: [registry],
+  collect() {
+    this.reset();
+    for (const t of tallies.values()) {
+      if (t.ok) this.inc({ export: t.exportName, op: t.op, result: 'ok' }, t.ok);
+      if (t.error) this.inc({ export: t.exportName, op: t.op, result: 'error' }, t.error);
+    }
+  },
+});
 
 new client.Gauge({
   name: 'thinpool_nbd_connections',
@@ -71,33 +116,33 @@ export class MeteredDevice implements BlockDevice {
     return this.measure('block_status', 0, () => this.device.blockStatus(offset, length));
   }
 
-  // Label lookups hash their label set on every call; this is the NBD hot path, so each
-  // operation's metric children are bound once.
-  private readonly bound = new Map<string, ReturnType<typeof this.bind>>();
+  private readonly bound = new Map<string, { tally: OpTally; latency: client.Histogram.Internal<'op'> }>();
 
-  private bind(op: string) {
-    return {
-      latency: nbdLatency.labels({ op }),
-      bytes: nbdBytes.labels({ export: this.exportName, op }),
-      ok: nbdOperations.labels({ export: this.exportName, op, result: 'ok' }),
-      error: nbdOperations.labels({ export: this.exportName, op, result: 'error' }),
-    };
-  }
-
-  private async measure<T>(op: string, bytes: number, fn: () => Promise<T>): Promise<T> {
+  private measure<T>(op: string, bytes: number, fn: () => Promise<T>): Promise<T> {
     let m = this.bound.get(op);
-    if (!m) this.bound.set(op, (m = this.bind(op)));
+    if (!m)
+      this.bound.set(op, (m = { tally: tallyFor(this.exportName, op), latency: nbdLatency.labels({ op }) }));
+    const { tally, latency } = m;
     const started = process.hrtime.bigint();
+    const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
+    let result: Promise<T>;
     try {
-      const result = await fn();
-      if (bytes) m.bytes.inc(bytes);
-      m.ok.inc();
-      return result;
-    } catch (e) {
-      m.error.inc();
-      throw e;
-    } finally {
-      m.latency.observe(Number(process.hrtime.bigint() - started) / 1e9);
+      result = fn();
+    } catch (error) {
+      result = Promise.reject(error);
     }
+    return result.then(
+      (value) => {
+        tally.bytes += bytes;
+        tally.ok++;
+        latency.observe(seconds());
+        return value;
+      },
+      (error: unknown) => {
+        tally.error++;
+        latency.observe(seconds());
+        throw error;
+      },
+    );
   }
 }

@@ -6,20 +6,6 @@ client.collectDefaultMetrics({ register: registry, prefix: 'thinpool_process_' }
 
 const latencyBuckets = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5];
 
-export const nbdBytes = new client.Counter({
-  name: 'thinpool_nbd_bytes_total',
-  help: 'Bytes moved through NBD exports, by export and operation (read, write, trim, zero)',
-  labelNames: ['export', 'op'] as const,
-  registers: [registry],
-});
-
-export const nbdOperations = new client.Counter({
-  name: 'thinpool_nbd_operations_total',
-  help: 'NBD operations served, by export, operation and result (ok or error)',
-  labelNames: ['export', 'op', 'result'] as const,
-  registers: [registry],
-});
-
 export const nbdLatency = new client.Histogram({
   name: 'thinpool_nbd_operation_seconds',
   help: 'Time to serve one NBD operation, by operation',

@@ -274,8 +274,7 @@ export class ThinMetadata {
   lookupMapping(id: number, vblock: number, sb: Superblock = this.sb): Mapping | undefined {
     const root = this.deviceRoot(id, sb.dataMappingRoot);
     if (root === undefined) throw new DeviceNotFoundError(id);
-    const v = this.mappings.lookup(root, vblock);
-    return v ? decodeMapping(v) : undefined;
+    return this.mappings.lookupWith(root, vblock, decodeMapping);
   }
 
   /**

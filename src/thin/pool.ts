@@ -408,17 +408,20 @@ export class Pool extends EventEmitter implements DeviceHost {
 
   // ---- data I/O for devices ----
 
-  async readData(dataBlock: number, offsetInBlock: number, into: Buffer): Promise<void> {
-    let done = 0;
+  /** Reads up to `syncIoMaxBytes` on the event loop (then returns undefined), larger ones async. */
+  readData(dataBlock: number, offsetInBlock: number, into: Buffer): Promise<void> | undefined {
     const base = dataBlock * this.blockBytes + offsetInBlock;
-    if (into.length <= this.syncIoMaxBytes) {
-      while (done < into.length) {
-        const n = fs.readSync(this.data.fd, into, done, into.length - done, base + done);
-        if (n === 0) throw new PoolError(`short read of data block ${dataBlock}`, 'EIO');
-        done += n;
-      }
-      return;
+    if (into.length > this.syncIoMaxBytes) return this.readDataAsync(dataBlock, base, into);
+    for (let done = 0; done < into.length;) {
+      const n = fs.readSync(this.data.fd, into, done, into.length - done, base + done);
+      if (n === 0) throw new PoolError(`short read of data block ${dataBlock}`, 'EIO');
+      done += n;
     }
+    return undefined;
+  }
+
+  private async readDataAsync(dataBlock: number, base: number, into: Buffer): Promise<void> {
+    let done = 0;
     while (done < into.length) {
       const { bytesRead } = await this.data.read(into, done, into.length - done, base + done);
       if (bytesRead === 0) throw new PoolError(`short read of data block ${dataBlock}`, 'EIO');

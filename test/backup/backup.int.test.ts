@@ -1,6 +1,6 @@
 // Backup and restore end to end through the real driver: CSI on a unix socket, a real thin pool,
 // NBD on loopback. Needs the built CLI (global setup builds it).
-import { nbdBytes } from '../../src/metrics/registry';
+import { nbdBytes } from '../../src/metrics/nbd-metrics';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';

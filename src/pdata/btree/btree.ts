@@ -33,11 +33,21 @@ export class BTree {
 
   /** A copy of the value stored under `key`, or undefined. */
   lookup(root: number, key: number): Buffer | undefined {
+    return this.lookupWith(root, key, (node, offset) =>
+      Buffer.from(node.subarray(offset, offset + this.valueType.size)),
+    );
+  }
+
+  /**
+   * The value under `key` decoded straight from its leaf (the node's bytes and the value's
+   * offset in them), or undefined: no copy, for lookups on the I/O path.
+   */
+  lookupWith<T>(root: number, key: number, decode: (node: Buffer, offset: number) => T): T | undefined {
     let node = this.node(root);
     for (;;) {
       const i = node.lowerBound(key);
       if (i < 0) return undefined;
-      if (node.isLeaf) return node.key(i) === key ? Buffer.from(node.value(i)) : undefined;
+      if (node.isLeaf) return node.key(i) === key ? decode(node.data, node.valueOffset(i)) : undefined;
       node = this.node(node.child(i));
     }
   }
