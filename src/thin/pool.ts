@@ -17,6 +17,7 @@ import { DeviceExistsError, DeviceNotFoundError, ThinMetadata } from './metadata
 import { PoolConfigError, PoolCreateOptions, formatPool, poolPaths } from './pool-files';
 import { NEEDS_CHECK_FLAG, Superblock, encodeSuperblock, superblockValidator } from './superblock';
 import { DeviceHost, ThinDevice } from './thin-device';
+import { SyncReadPolicy } from '../util/sync-read-policy';
 
 const log = logger('pool');
 
@@ -85,6 +86,7 @@ export class Pool extends EventEmitter implements DeviceHost {
   readonly blockBytes: number;
   readonly skipBlockZeroing: boolean;
   private readonly syncIoMaxBytes: number;
+  private readonly syncReads: SyncReadPolicy;
   private readonly open = new Map<number, ThinDevice>();
   private readonly openReadOnly = new Map<number, ThinDevice>();
   private metadataSnapQueue: Promise<unknown> = Promise.resolve();
@@ -113,6 +115,7 @@ export class Pool extends EventEmitter implements DeviceHost {
     this.blockBytes = md.dataBlockBytes;
     this.skipBlockZeroing = options.skipBlockZeroing ?? false;
     this.syncIoMaxBytes = options.syncIoMaxBytes ?? 0;
+    this.syncReads = new SyncReadPolicy(this.syncIoMaxBytes);
     if (options.readOnly) this.readOnlyReason = 'opened read-only';
     if (md.sb.flags & NEEDS_CHECK_FLAG)
       this.readOnlyReason = 'the metadata needs checking (needs_check is set)';
@@ -408,10 +411,10 @@ export class Pool extends EventEmitter implements DeviceHost {
 
   // ---- data I/O for devices ----
 
-  /** Reads up to `syncIoMaxBytes` on the event loop (then returns undefined), larger ones async. */
+  /** Reads on the event loop when `syncReads` says so (then returns undefined), else async. */
   readData(dataBlock: number, offsetInBlock: number, into: Buffer): Promise<void> | undefined {
     const base = dataBlock * this.blockBytes + offsetInBlock;
-    if (into.length > this.syncIoMaxBytes) return this.readDataAsync(dataBlock, base, into);
+    if (!this.syncReads.runsSync(into.length)) return this.readDataAsync(dataBlock, base, into);
     for (let done = 0; done < into.length;) {
       const n = fs.readSync(this.data.fd, into, done, into.length - done, base + done);
       if (n === 0) throw new PoolError(`short read of data block ${dataBlock}`, 'EIO');
