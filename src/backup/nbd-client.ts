@@ -55,7 +55,9 @@ import {
 
 const TWO_32 = 2 ** 32;
 /** The buffer the kernel fills on each socket read (one per connection, reused). */
-const RECEIVE_BUFFER_BYTES = 256 * 1024;
+const RECEIVE_BUFFER_BYTES = 64 * 1024;
+/** A READ payload with at least this much still to come is read straight into its buffer. */
+const DIRECT_RECEIVE_MIN_BYTES = 16 * 1024;
 /** What we read or write in one request when the server does not say (the spec's safe size). */
 const DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024;
 
@@ -280,10 +282,13 @@ export class NbdClient {
     options: ConnectOptions = {},
   ): Promise<NbdClient> {
     // The kernel copies received bytes into one reusable buffer (no allocation per read, no
-    // garbage); the transmission parser copies them straight on into the caller's buffers.
+    // garbage), or, while a large READ payload streams in, straight into the caller's buffer:
+    // copying it on from the receive buffer took a tenth of a backup's CPU (perf).
     let feed: (chunk: Buffer) => void = () => undefined;
+    let client: NbdClient | undefined;
+    const receiveBuffer = Buffer.allocUnsafe(RECEIVE_BUFFER_BYTES);
     const onread = {
-      buffer: Buffer.allocUnsafe(RECEIVE_BUFFER_BYTES),
+      buffer: () => client?.directTarget() ?? receiveBuffer,
       callback: (bytes: number, buffer: Buffer): boolean => {
         feed(buffer.subarray(0, bytes));
         return true;
@@ -309,10 +314,11 @@ export class NbdClient {
     );
     try {
       const info = await handshake(socket, reader, exportName, options);
-      const client = new NbdClient(socket, info);
-      feed = (chunk) => client.receive(chunk);
-      for (const left of reader.drain()) client.receive(left);
-      return client;
+      const ready = new NbdClient(socket, info);
+      feed = (chunk) => ready.receive(chunk);
+      for (const left of reader.drain()) ready.receive(left);
+      client = ready;
+      return ready;
     } catch (e) {
       socket.destroy();
       throw e;
@@ -497,7 +503,11 @@ export class NbdClient {
       while (at < chunk.length && !this.fatal) {
         if (this.copyLeft > 0) {
           const n = Math.min(this.copyLeft, chunk.length - at);
-          chunk.copy(this.copyTarget!, this.copyAt, at, at + n);
+          const target = this.copyTarget!;
+          // Bytes the kernel put in place already (see directTarget) need no copy.
+          const inPlace =
+            chunk.buffer === target.buffer && chunk.byteOffset + at === target.byteOffset + this.copyAt;
+          if (!inPlace) chunk.copy(target, this.copyAt, at, at + n);
           this.copyAt += n;
           this.copyLeft -= n;
           at += n;
@@ -514,6 +524,15 @@ export class NbdClient {
       this.socket.destroy();
       this.failAll(e as Error);
     }
+  }
+
+  /**
+   * Where the next socket read should land: the unfilled rest of a READ payload, when much of
+   * it is still to come (a read into it cannot take bytes of the next reply), else undefined.
+   */
+  directTarget(): Buffer | undefined {
+    if (this.copyLeft < DIRECT_RECEIVE_MIN_BYTES || this.fatal) return undefined;
+    return this.copyTarget!.subarray(this.copyAt, this.copyAt + this.copyLeft);
   }
 
   /** Calls the waiting step once `headNeed` bytes are in (at once for zero bytes). */

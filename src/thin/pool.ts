@@ -17,6 +17,7 @@ import { DeviceExistsError, DeviceNotFoundError, ThinMetadata } from './metadata
 import { PoolConfigError, PoolCreateOptions, formatPool, poolPaths } from './pool-files';
 import { NEEDS_CHECK_FLAG, Superblock, encodeSuperblock, superblockValidator } from './superblock';
 import { DeviceHost, ThinDevice } from './thin-device';
+import { skipBytes } from '../util/buffers';
 import { SyncReadPolicy } from '../util/sync-read-policy';
 
 const log = logger('pool');
@@ -676,18 +677,4 @@ export class Pool extends EventEmitter implements DeviceHost {
       throw new PoolError(`device size ${sizeBytes} must be a positive multiple of 512 bytes`, 'EINVAL');
     }
   }
-}
-
-/** The pieces left after dropping the first `n` bytes. */
-function skipBytes(parts: Buffer[], n: number): Buffer[] {
-  const out: Buffer[] = [];
-  for (const part of parts) {
-    if (n >= part.length) {
-      n -= part.length;
-      continue;
-    }
-    out.push(n > 0 ? part.subarray(n) : part);
-    n = 0;
-  }
-  return out;
 }
