@@ -167,9 +167,23 @@ function renderSection(
       'recycled buffers without a copy. What is left is scheduling: nbdkit serves each request on its ' +
       'own thread with blocking calls, we serve all of them from one event loop; a libuv threadpool ' +
       'round trip (two thread wake-ups) costs ~100-150 µs of CPU and latency per 1 MiB request here, ' +
-      'which is why requests up to the threshold above are served synchronously. Random 4 KiB I/O is ' +
-      'bound by syscalls: ~12-20 µs of server CPU per request, about what nbdkit spends. Other work ' +
-      'shares these 2 cores, so single runs vary by ±30 %: compare ratios within a run.',
+      'which is why requests up to the threshold above are served synchronously (except a burst of ' +
+      'large reads: all but the first of one event-loop turn go to the threadpool, so their copies use ' +
+      'the other core). Random 4 KiB I/O is bound by syscalls: ~12-20 µs of server CPU per request, ' +
+      'about what nbdkit spends. Other work shares these 2 cores, so single runs vary by ±30 %: ' +
+      'compare ratios within a run.',
+    '',
+    'Where the sequential rows fall short of 0.9× (measured with the same fio jobs, one server at a ' +
+      'time): per 1 MiB READ at qd16 our server spends 250-350 µs of CPU (user + system, from ' +
+      '/proc) against 215-240 µs for nbdkit. A unix socket takes about 208 KiB at a time ' +
+      '(net.core.wmem_default), so a 1 MiB reply leaves in ~3.6 writev calls with an event-loop ' +
+      'wake-up between them (strace: 3.6 writev and 3.7 epoll_pwait per request), where nbdkit ' +
+      'blocks in send on one of its threads and the kernel carries on without a return to user space. ' +
+      'With the socket buffers raised machine-wide to 4 MiB (a test, not how the benchmark runs) ' +
+      'our qd1 rows went to 1.02× (read) and 1.10× (write) of nbdkit while qd16 reads stayed at ' +
+      '0.75× (nbdkit then used both cores, 5750 MiB/s); a larger SO_SNDBUF on our side alone changed ' +
+      "nothing measurable, as the client's buffers govern the writes. At qd16 reads the bound is one " +
+      "event loop doing every socket copy while nbdkit's threads spread them over both cores.",
     '',
   );
   return lines.join('\n');
