@@ -189,8 +189,8 @@ function renderSection(
       '200,000 random 4 KiB pwrites into a 1 GiB file written in 1 MiB pieces, /proc/meminfo showed ' +
       'the whole GiB dirty (each write dirties a large page-cache folio), and each pwrite took ' +
       '10-21 µs, in a standalone loop as much as under the server. Served synchronously from one ' +
-      'event loop that is the bound of our rand-write row (it moved between 0.85× and 1.41× of ' +
-      "qemu-nbd from run to run today), where qemu-nbd's worker threads issue those writes from both cores.",
+      'event loop that is the bound of our rand-write row (it moved between 0.85× and 1.17× of ' +
+      'qemu-nbd in two runs today), while qemu-nbd hands its writes to worker threads (its default aio=threads), which can use both cores.',
     '',
   );
   return lines.join('\n');
