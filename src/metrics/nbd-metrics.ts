@@ -1,7 +1,7 @@
 import client from 'prom-client';
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../block-device';
 import type { NbdServer } from '../nbd';
-import { nbdLatency, registry } from './registry';
+import { latencyBuckets, registry } from './registry';
 
 const servers = new Set<NbdServer>();
 
@@ -48,6 +48,14 @@ export const nbdOperations = new client.Counter({
       if (t.error) this.inc({ export: t.exportName, op: t.op, result: 'error' }, t.error);
     }
   },
+});
+
+const nbdLatency = new client.Histogram({
+  name: 'thinpool_nbd_operation_seconds',
+  help: 'Time to serve one NBD operation, by operation',
+  labelNames: ['op'] as const,
+  buckets: latencyBuckets,
+  registers: [registry],
 });
 
 new client.Gauge({

@@ -4,15 +4,7 @@ import client from 'prom-client';
 export const registry = new client.Registry();
 client.collectDefaultMetrics({ register: registry, prefix: 'thinpool_process_' });
 
-const latencyBuckets = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5];
-
-export const nbdLatency = new client.Histogram({
-  name: 'thinpool_nbd_operation_seconds',
-  help: 'Time to serve one NBD operation, by operation',
-  labelNames: ['op'] as const,
-  buckets: latencyBuckets,
-  registers: [registry],
-});
+export const latencyBuckets = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5];
 
 export const csiRequests = new client.Counter({
   name: 'thinpool_csi_requests_total',
