@@ -144,6 +144,15 @@ it('serves exports whose allocation map and delta context match the engine', asy
     /thinpool_nbd_operations_total\{export="vol",op="block_status",result="ok"\} [1-9]/,
   );
   expect(metrics).toMatch(/thinpool_nbd_operations_total\{export="s2",op="read",result="ok"\} [1-9]/);
+  // Every read served was also timed.
+  const readsTimed = Number(
+    /thinpool_nbd_operation_seconds_count\{op="read"\} (\d+)/.exec(metrics)?.[1] ?? -1,
+  );
+  const readsCounted = [
+    ...metrics.matchAll(/thinpool_nbd_operations_total\{export="[^"]+",op="read",result="\w+"\} (\d+)/g),
+  ].reduce((n, m) => n + Number(m[1]), 0);
+  expect(readsTimed).toBeGreaterThan(0);
+  expect(readsTimed).toBe(readsCounted);
   // The read-only export refused qemu-io's write before it reached the device.
   expect(metrics).not.toMatch(/export="s3",op="write"/);
   expect((await fetch(`http://${metricsAddress}/healthz`)).status).toBe(200);
