@@ -1,8 +1,9 @@
-// Writes one pack: records get their positions in call order and are written in batches, one
-// writev at a time (parallel writes to one file only contend for its inode lock: with four of them
-// in flight the kernel spent more time spinning on that lock than copying); `seal` waits for
-// them, adds the index and footer, fdatasyncs, and renames the file from tmp/ into packs/. Until then the pack is only debris in tmp/ (the next writer
-// removes it), so a crash never leaves a half-written pack where readers look.
+// Writes one pack: records get their positions in call order and go out in batches, one writev
+// at a time (parallel writes to one file only contend for its inode lock: with four in flight the
+// kernel spent more time spinning on that lock than copying). `seal` waits for them, adds the
+// index and footer, fdatasyncs, and renames the file from tmp/ into packs/. Until then the pack
+// is only debris in tmp/ (the next writer removes it), so a crash never leaves a half-written
+// pack where readers look.
 import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -33,8 +34,7 @@ interface Batch {
 
 export class PackWriter {
   private readonly entries: PackEntry[] = [];
-  private readonly writes: Promise<unknown>[] = [];
-  /** Records appended since the last batch went out. */
+  /** Bytes queued since the last batch went out (the pack header, then records). */
   private batch: Batch | undefined;
   private flushing: Promise<void> | undefined;
   private end = PACK_HEADER_BYTES;
@@ -46,8 +46,9 @@ export class PackWriter {
     private readonly tmpFile: string,
     readonly file: string,
   ) {
-    // A failure here is kept in `failure` and reported by the next append or by seal.
-    this.track(handle.write(packHeader(), 0, PACK_HEADER_BYTES, 0)).catch(() => undefined);
+    // The header is the first batch; a failure is kept in `failure` and reported by the next
+    // append or by seal.
+    this.queue(0, [packHeader()], PACK_HEADER_BYTES).catch(() => undefined);
   }
 
   static async create(tmpDir: string, packsDir: string): Promise<PackWriter> {
@@ -62,15 +63,6 @@ export class PackWriter {
     return this.end;
   }
 
-  private track(p: Promise<unknown>): Promise<unknown> {
-    const kept = p.catch((e: Error) => {
-      this.failure ??= new Error(`writing ${this.tmpFile}: ${e.message}`);
-      throw this.failure;
-    });
-    this.writes.push(kept.catch(() => undefined));
-    return kept;
-  }
-
   /**
    * Appends a record; resolves once its bytes are written (not yet synced), after which the
    * caller may reuse `payload`.
@@ -81,18 +73,30 @@ export class PackWriter {
     const offset = this.end;
     this.end += RECORD_HEADER_BYTES + payload.length;
     this.entries.push({ hash, offset, storedBytes: payload.length, rawBytes });
+    await this.queue(
+      offset,
+      [recordHeader(hash, codecId, payload.length), payload],
+      RECORD_HEADER_BYTES + payload.length,
+    );
+  }
+
+  /** Queues `bytes` in `parts` for position `at` (right after what is queued); resolves once written. */
+  private queue(at: number, parts: Buffer[], bytes: number): Promise<void> {
     const written = new Promise<void>((resolve, reject) => {
-      const batch = (this.batch ??= { at: offset, parts: [], bytes: 0, waiters: [] });
-      batch.parts.push(recordHeader(hash, codecId, payload.length), payload);
-      batch.bytes += RECORD_HEADER_BYTES + payload.length;
+      const batch = (this.batch ??= { at, parts: [], bytes: 0, waiters: [] });
+      batch.parts.push(...parts);
+      batch.bytes += bytes;
       batch.waiters.push({ resolve, reject });
     });
     this.flushing ??= this.flush();
-    await written;
+    return written;
   }
 
   /** Writes the queued records, a batch per writev, until none are left. */
   private async flush(): Promise<void> {
+    // Let the caller store the promise first: a loop that ended without awaiting would clear
+    // `flushing` before it is set, and nothing would ever write again.
+    await Promise.resolve();
     for (let batch = this.batch; batch; batch = this.batch) {
       this.batch = undefined;
       try {
@@ -114,9 +118,8 @@ export class PackWriter {
     this.flushing = undefined;
   }
 
-  /** Every write started so far has settled. */
+  /** Every write queued so far has settled. */
   private async settled(): Promise<void> {
-    await Promise.all(this.writes);
     while (this.flushing) await this.flushing;
   }
 
