@@ -1,16 +1,19 @@
 // Backup benchmark: the driver (`thinpool serve --role controller`) and the backup CLI run as two
 // processes, as in a cluster. Measures plain NBD sequential reads of a snapshot's export (fio's
-// nbd engine, and our client with no storage), full backups of the same snapshot, and
-// incremental backups after N MiB of changes. Writes "## Backup" in docs/benchmarks.md.
+// nbd engine, our client with no storage, and our client hashing every byte), full backups of the
+// same snapshot, and incremental backups after N MiB of changes; from SHA-256's cost on this CPU
+// it computes the best throughput any backup could reach here. Writes "## Backup" in
+// docs/benchmarks.md (the hand-written "## Backup: what bounds it" after it is left alone).
 //
 //   bash bench/backup/run.sh [--data-mib N] [--reps N] [--no-docs]
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { CsiClient } from '../../src/backup/csi-client';
+import { HashPool } from '../../src/backup/hash-pool';
 import { NbdConnectionPool, parseNbdEndpoint } from '../../src/backup/nbd-client';
 import { machineLine, median, repoRoot, updateBenchmarkSection } from '../report';
 
@@ -40,15 +43,54 @@ interface CpuCost {
 }
 let driverPid = 0;
 
-async function withCpu<T>(bytes: (value: T) => number, fn: () => Promise<T>): Promise<[T, CpuCost]> {
-  const c0 = cpuSeconds('self', true);
+/**
+ * Runs `fn` and charges the CPU it took per GiB: the client is a child program of ours, or this
+ * process itself (`inProcess`, for our own client; its worker threads count too).
+ */
+async function withCpu<T>(
+  bytes: (value: T) => number,
+  fn: () => Promise<T>,
+  inProcess = false,
+): Promise<[T, CpuCost]> {
+  const client = () => (inProcess ? cpuSeconds('self') : cpuSeconds('self', true));
+  const c0 = client();
   const d0 = cpuSeconds(driverPid);
   const value = await fn();
   const gib = bytes(value) / (1024 * MiB);
-  return [
-    value,
-    { client: (cpuSeconds('self', true) - c0) / gib, driver: (cpuSeconds(driverPid) - d0) / gib },
-  ];
+  return [value, { client: (client() - c0) / gib, driver: (cpuSeconds(driverPid) - d0) / gib }];
+}
+
+/** CPU seconds per GiB of SHA-256 on one thread here (node:crypto over 1 MiB pieces). */
+function sha256CpuPerGiB(): number {
+  const data = randomBytes(MiB);
+  const before = process.cpuUsage();
+  for (let i = 0; i < 1024; i++) createHash('sha256').update(data).digest();
+  const used = process.cpuUsage(before);
+  return (used.user + used.system) / 1e6;
+}
+
+/**
+ * Reads `bytes` of the export sequentially, 16 × 1 MiB in flight over the pool's connections;
+ * with `hashes`, every MiB is also hashed on the pool's worker (as a backup does, minus storing).
+ */
+async function readAll(pool: NbdConnectionPool, bytes: number, hashes?: HashPool): Promise<number> {
+  const lanes = 16;
+  const slab = hashes ? Buffer.from(hashes.slab) : Buffer.allocUnsafe(lanes * MiB);
+  const t0 = performance.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: lanes }, async (_, lane) => {
+      const buffer = slab.subarray(lane * MiB, (lane + 1) * MiB);
+      while (next < bytes) {
+        const at = next;
+        next += MiB;
+        const length = Math.min(MiB, bytes - at);
+        await pool.read(at, length, buffer);
+        if (hashes) await hashes.digest([[lane * MiB, length]]);
+      }
+    }),
+  );
+  return mbps(bytes, performance.now() - t0);
 }
 
 /** MiB/s that the machine's CPUs could sustain at this cost, if nothing else ran. */
@@ -150,6 +192,7 @@ async function main(): Promise<void> {
     await writer.flush();
     let snapshot = await csi.createSnapshot(source.volumeId, 'bench-0');
     process.stderr.write(`wrote ${dataBytes / MiB} MiB, snapshot ${snapshot}\n`);
+    await run('sync', []); // no measurement pays for the writeback of the data just written
 
     // Plain sequential NBD reads of the same snapshot, through a read-only volume from it.
     const plain = await csi.createVolume({
@@ -163,6 +206,9 @@ async function main(): Promise<void> {
     const uri = 'host' in address ? `nbd://${address.host}:${address.port}/${pub.exportName}` : '';
     const fioRates: number[] = [];
     const clientRates: number[] = [];
+    const clientCpu: CpuCost[] = [];
+    const hashedRates: number[] = [];
+    const hashedCpu: CpuCost[] = [];
     const fullRates: number[] = [];
     const memRates: number[] = [];
     const shm = fs.existsSync('/dev/shm') ? fs.mkdtempSync('/dev/shm/backup-bench-') : undefined;
@@ -195,18 +241,22 @@ async function main(): Promise<void> {
       fioRates.push(fio.jobs[0].read.bw_bytes / MiB);
 
       const pool = await NbdConnectionPool.open(address, pub.exportName, 4);
-      const t0 = performance.now();
-      let next = 0;
-      await Promise.all(
-        Array.from({ length: 16 }, async () => {
-          while (next < dataBytes) {
-            const at = next;
-            next += MiB;
-            await pool.read(at, Math.min(MiB, dataBytes - at));
-          }
-        }),
+      const [clientRate, clientCost] = await withCpu(
+        () => dataBytes,
+        () => readAll(pool, dataBytes),
+        true,
       );
-      clientRates.push(mbps(dataBytes, performance.now() - t0));
+      clientRates.push(clientRate);
+      clientCpu.push(clientCost);
+      const hashes = new HashPool(new SharedArrayBuffer(16 * MiB), 1);
+      const [hashedRate, hashedCost] = await withCpu(
+        () => dataBytes,
+        () => readAll(pool, dataBytes, hashes),
+        true,
+      );
+      await hashes.close();
+      hashedRates.push(hashedRate);
+      hashedCpu.push(hashedCost);
       await pool.close();
 
       const repo = path.join(dir, `repo-full-${rep}`);
@@ -287,6 +337,13 @@ async function main(): Promise<void> {
     await writer.close();
 
     const fioMedian = median(fioRates);
+    const sha = sha256CpuPerGiB();
+    // The cheaper of the two plain readers: a backup must read at least as dearly as that.
+    const readPerGiB = Math.min(
+      median(fioCpu.map((c) => c.client + c.driver)),
+      median(clientCpu.map((c) => c.client + c.driver)),
+    );
+    const shaCeiling = (os.availableParallelism() * 1024) / (readPerGiB + sha);
     const fullMedian = median(fullRates);
     const lines = [
       '## Backup',
@@ -304,7 +361,8 @@ async function main(): Promise<void> {
       '| what | MiB/s | vs fio seq read | CPU s/GiB client + driver | phases ms |',
       '| --- | ---: | ---: | ---: | ---: |',
       `| fio nbd engine, seq read 1M qd16 (same snapshot export) | ${fmt(fioMedian)} | 1.00 | ${cpuCell(fioCpu)} | |`,
-      `| our NBD client alone, 4 connections × 16 × 1 MiB | ${fmt(median(clientRates))} | ${(median(clientRates) / fioMedian).toFixed(2)} | | |`,
+      `| our NBD client alone, 4 connections × 16 × 1 MiB | ${fmt(median(clientRates))} | ${(median(clientRates) / fioMedian).toFixed(2)} | ${cpuCell(clientCpu)} | |`,
+      `| our NBD client + SHA-256 of every MiB on a worker, nothing stored | ${fmt(median(hashedRates))} | ${(median(hashedRates) / fioMedian).toFixed(2)} | ${cpuCell(hashedCpu)} | |`,
       `| full backup, repository in tmpfs (/dev/shm) | ${memRates.length ? fmt(median(memRates)) : 'n/a'} | **${memRates.length ? (median(memRates) / fioMedian).toFixed(2) : 'n/a'}** | ${memCpu.length ? cpuCell(memCpu) : ''} | ${phaseCell(memRuns)} |`,
       `| full backup, repository on the local disk | ${fmt(fullMedian)} | **${(fullMedian / fioMedian).toFixed(2)}** | ${cpuCell(fullCpu)} | ${phaseCell(fullRuns)} |`,
       `| (the local disk: dd 1M writes + fdatasync, the ceiling for the line above) | ${fmt(ddRate)} | ${(ddRate / fioMedian).toFixed(2)} | | |`,
@@ -315,9 +373,12 @@ async function main(): Promise<void> {
       ),
       '',
       `CPU ceilings (${os.availableParallelism()} CPUs ÷ CPU per GiB, if nothing else ran): fio ${fmt(ceiling(fioCpu))} MiB/s, ` +
-        `full backup to tmpfs ${memCpu.length ? fmt(ceiling(memCpu)) : 'n/a'} MiB/s, to the local disk ${fmt(ceiling(fullCpu))} MiB/s: ` +
-        `a backup can reach at most ${memCpu.length ? (ceiling(memCpu) / ceiling(fioCpu)).toFixed(2) : 'n/a'}× (tmpfs) and ` +
-        `${(ceiling(fullCpu) / ceiling(fioCpu)).toFixed(2)}× (disk) of fio on this machine.`,
+        `full backup to tmpfs ${memCpu.length ? fmt(ceiling(memCpu)) : 'n/a'} MiB/s, to the local disk ${fmt(ceiling(fullCpu))} MiB/s.`,
+      '',
+      `SHA-256 on this CPU: ${sha.toFixed(2)} CPU-s/GiB (node:crypto, one thread). Whatever else it does, a`,
+      'backup reads every byte (at best as cheaply as the cheaper plain reader above, client + driver)',
+      `and hashes it: ${os.availableParallelism()} CPUs ÷ (${readPerGiB.toFixed(2)} + ${sha.toFixed(2)}) CPU-s/GiB = ${fmt(shaCeiling)} MiB/s,`,
+      `**${(shaCeiling / fioMedian).toFixed(2)}× of fio** at most on this machine, before storing a byte.`,
       '',
       'Incremental size versus changed data:',
       '',
