@@ -246,20 +246,18 @@ async function main(): Promise<void> {
       fioRates.push(fio.jobs[0].read.bw_bytes / MiB);
 
       const pool = await NbdConnectionPool.open(address, pub.exportName, 4);
-      const [clientRate, clientCost] = await withCpu(
-        () => dataBytes,
-        () => readAll(pool, dataBytes, false),
-        true,
-      );
-      clientRates.push(clientRate);
-      clientCpu.push(clientCost);
-      const [hashedRate, hashedCost] = await withCpu(
-        () => dataBytes,
-        () => readAll(pool, dataBytes, true),
-        true,
-      );
-      hashedRates.push(hashedRate);
-      hashedCpu.push(hashedCost);
+      for (const [hash, rates, cpu] of [
+        [false, clientRates, clientCpu],
+        [true, hashedRates, hashedCpu],
+      ] as const) {
+        const [rate, cost] = await withCpu(
+          () => dataBytes,
+          () => readAll(pool, dataBytes, hash),
+          true,
+        );
+        rates.push(rate);
+        cpu.push(cost);
+      }
       await pool.close();
 
       const repo = path.join(dir, `repo-full-${rep}`);
