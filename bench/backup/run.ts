@@ -98,9 +98,11 @@ async function readAll(pool: NbdConnectionPool, bytes: number, hash: boolean): P
   }
 }
 
+/** Median CPU seconds per GiB, client and driver together. */
+const cpuPerGiB = (c: CpuCost[]) => median(c.map((x) => x.client + x.driver));
+
 /** MiB/s that the machine's CPUs could sustain at this cost, if nothing else ran. */
-const ceiling = (c: CpuCost[]) =>
-  (os.availableParallelism() * 1024) / median(c.map((x) => x.client + x.driver));
+const ceiling = (c: CpuCost[]) => (os.availableParallelism() * 1024) / cpuPerGiB(c);
 
 /** The phases of the run with the median duration. */
 function phaseCell(runs: BackupSummary[]): string {
@@ -340,10 +342,7 @@ async function main(): Promise<void> {
     const fioMedian = median(fioRates);
     const sha = sha256CpuPerGiB();
     // The cheaper of the two plain readers: a backup must read at least as dearly as that.
-    const readPerGiB = Math.min(
-      median(fioCpu.map((c) => c.client + c.driver)),
-      median(clientCpu.map((c) => c.client + c.driver)),
-    );
+    const readPerGiB = Math.min(cpuPerGiB(fioCpu), cpuPerGiB(clientCpu));
     const shaCeiling = (os.availableParallelism() * 1024) / (readPerGiB + sha);
     const fullMedian = median(fullRates);
     const lines = [
