@@ -1,7 +1,8 @@
 /** @type {import('jest').Config} */
 module.exports = {
   preset: 'ts-jest',
-  testEnvironment: 'node',
+  testEnvironment: '<rootDir>/test/jest-environment.js',
+  setupFilesAfterEnv: ['<rootDir>/test/log-capture.ts'],
   roots: ['<rootDir>/test'],
   testMatch: ['**/*.test.ts'],
   // The VM suite boots QEMU and runs on its own (test/vm/run, called by scripts/test).

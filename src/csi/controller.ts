@@ -62,19 +62,25 @@ function matchesTopology(ours: Record<string, string>, wanted: Topology): boolea
 }
 
 /** Page through `items` (ordered by device id) using the next device id as the token. */
-function paginate<T extends { id: number }>(items: T[], request: ListRequest): { page: T[]; next: string } {
+/**
+ * One page of a listing: the token is the id the next page starts at, and `fetch` is asked for
+ * one entry more than the page holds, to know whether there is a next page.
+ */
+function paginate(
+  request: ListRequest,
+  fetch: (page: { after?: number; limit?: number }) => DeviceInfo[],
+): { page: DeviceInfo[]; next: string } {
   if (request.max_entries < 0) throw invalidArgument('max_entries must not be negative');
-  let start = 0;
+  let after: number | undefined;
   if (request.starting_token) {
     if (!/^\d+$/.test(request.starting_token))
       throw aborted(`starting_token ${JSON.stringify(request.starting_token)} is not one of ours`);
-    const from = Number(request.starting_token);
-    start = items.findIndex((d) => d.id >= from);
-    if (start < 0) start = items.length;
+    after = Number(request.starting_token) - 1;
   }
-  const end = request.max_entries > 0 ? start + request.max_entries : items.length;
-  const page = items.slice(start, end);
-  return { page, next: end < items.length ? String(items[end].id) : '' };
+  const limit = request.max_entries > 0 ? request.max_entries : undefined;
+  const items = fetch({ after, limit: limit === undefined ? undefined : limit + 1 });
+  if (limit === undefined || items.length <= limit) return { page: items, next: '' };
+  return { page: items.slice(0, limit), next: String(items[limit].id) };
 }
 
 export class ControllerService {
@@ -283,7 +289,7 @@ export class ControllerService {
   }
 
   async listVolumes(req: ListRequest): Promise<object> {
-    const { page, next } = paginate(this.store.list('volume'), req);
+    const { page, next } = paginate(req, (p) => this.store.list('volume', p));
     return {
       entries: page.map((d) => ({ volume: this.volumeOf(d), status: this.statusOf(d) })),
       next_token: next,
@@ -351,10 +357,14 @@ export class ControllerService {
   }
 
   async listSnapshots(req: ListRequest & { source_volume_id: string; snapshot_id: string }): Promise<object> {
-    let items = this.store.list('snapshot');
-    if (req.snapshot_id) items = items.filter((d) => this.store.idOf(d) === req.snapshot_id);
-    if (req.source_volume_id) items = items.filter((d) => d.labels[LABEL_SOURCE] === req.source_volume_id);
-    const { page, next } = paginate(items, req);
+    if (req.snapshot_id) {
+      // One snapshot or none; an id that is not ours simply matches nothing.
+      const one = this.store.find('snapshot', req.snapshot_id);
+      const matches = one && (!req.source_volume_id || one.labels[LABEL_SOURCE] === req.source_volume_id);
+      return { entries: matches ? [{ snapshot: this.snapshotOf(one) }] : [], next_token: '' };
+    }
+    const source = req.source_volume_id || undefined;
+    const { page, next } = paginate(req, (p) => this.store.list('snapshot', { ...p, source }));
     return { entries: page.map((d) => ({ snapshot: this.snapshotOf(d) })), next_token: next };
   }
 

@@ -1,6 +1,7 @@
 // CSI volumes and snapshots as thin devices: ids, names and parameters live in the devices'
 // catalogue labels, so the pool's own crash-safe catalogue is the driver's only state.
 import { randomUUID } from 'node:crypto';
+import type { PageOptions } from '../thin/catalogue';
 import type { DeviceInfo, Pool } from '../thin/pool';
 import { invalidArgument } from './errors';
 
@@ -75,12 +76,16 @@ export class Store {
     return this.find(kind, id);
   }
 
+  /** By the name label's index: O(log n) however many devices the pool holds. */
   byName(kind: Kind, name: string): DeviceInfo | undefined {
-    return this.list(kind).find((d) => d.labels[LABEL_NAME] === name);
+    return this.pool.listDevices({ label: [LABEL_NAME, name] }).find((d) => d.labels[LABEL_KIND] === kind);
   }
 
-  list(kind: Kind): DeviceInfo[] {
-    return this.pool.listDevices().filter((d) => d.labels[LABEL_KIND] === kind);
+  /** One page of volumes or snapshots in id order (`source`: snapshots of that volume only). */
+  list(kind: Kind, page: PageOptions & { source?: string } = {}): DeviceInfo[] {
+    if (page.source !== undefined && !parseId(page.source)) return [];
+    const label: [string, string] = page.source ? [LABEL_SOURCE, page.source] : [LABEL_KIND, kind];
+    return this.pool.listDevices({ ...page, label }).filter((d) => d.labels[LABEL_KIND] === kind);
   }
 
   publications(info: DeviceInfo): Map<string, PublishRecord> {
@@ -105,7 +110,10 @@ export class Store {
 
   /** Σ virtual sizes of volumes: what overprovisioning is measured against. */
   provisionedBytes(): number {
-    return this.list('volume').reduce((sum, d) => sum + d.sizeBytes, 0);
+    const catalogue = this.pool.catalogue;
+    let sum = 0;
+    for (const id of catalogue.withLabel(LABEL_KIND, 'volume')) sum += catalogue.get(id)?.sizeBytes ?? 0;
+    return sum;
   }
 
   poolBytes(): number {

@@ -52,7 +52,7 @@ gauge('thinpool_pool_devices', 'Thin devices (volumes and snapshots)', (p) => p.
 gauge(
   'thinpool_pool_snapshots',
   'Thin devices that are snapshots of another',
-  (p) => p.listDevices().filter((d) => d.origin !== undefined).length,
+  (p) => p.status().catalogue.snapshots,
 );
 gauge('thinpool_pool_read_only', '1 when the pool went read-only (e.g. out of metadata space)', (p) =>
   p.status().mode === 'read-only' ? 1 : 0,

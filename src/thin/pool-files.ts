@@ -25,7 +25,10 @@ export function poolPaths(dir: string) {
     dir,
     metadata: path.join(dir, 'metadata'),
     data: path.join(dir, 'data'),
-    catalogue: path.join(dir, 'catalogue.json'),
+    /** An LMDB environment (a directory). */
+    catalogue: path.join(dir, 'catalogue'),
+    /** The JSON catalogue of earlier releases, upgraded on the first read-write open. */
+    legacyCatalogue: path.join(dir, 'catalogue.json'),
     journal: path.join(dir, 'mapping-journal'),
   };
 }
@@ -92,7 +95,12 @@ export function formatPool(dir: string, options: PoolCreateOptions): void {
   const blockBytes = options.blockSizeBytes ?? 64 * 1024;
   checkBlockSize(blockBytes);
   const paths = poolPaths(dir);
-  if (fs.existsSync(paths.metadata) || fs.existsSync(paths.data) || fs.existsSync(paths.catalogue)) {
+  if (
+    fs.existsSync(paths.metadata) ||
+    fs.existsSync(paths.data) ||
+    fs.existsSync(paths.catalogue) ||
+    fs.existsSync(paths.legacyCatalogue)
+  ) {
     throw new PoolConfigError(`${dir} already holds a pool; refusing to overwrite it`);
   }
   if (!options.dataDevice && options.dataSizeBytes === undefined)
@@ -131,11 +139,12 @@ export function formatPool(dir: string, options: PoolCreateOptions): void {
       );
     }
     ThinMetadata.format(paths.metadata, { dataBlockSectors: blockBytes / 512, nrDataBlocks }).close();
-    Catalogue.create(paths.catalogue, 0);
+    Catalogue.create(paths.catalogue, 0).close();
     log.info('created pool', { dir, blockBytes, nrDataBlocks, metadataBytes });
   } catch (e) {
     // Leave nothing half-made behind (for block devices only our symlinks go).
-    for (const f of [paths.metadata, paths.data, paths.catalogue]) fs.rmSync(f, { force: true });
+    for (const f of [paths.metadata, paths.data, paths.catalogue])
+      fs.rmSync(f, { force: true, recursive: true });
     throw e;
   }
 }

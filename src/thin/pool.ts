@@ -6,13 +6,14 @@ import { deviceSizeBytes } from '../pdata/device-size';
 import { NoDataSpaceError, NoMetadataSpaceError } from '../pdata/errors';
 import { faultPoint } from '../util/fault-point';
 import { formatSize } from '../util/size';
-import { Catalogue, CatalogueEntry } from './catalogue';
+import { ADOPTED_LABEL, Catalogue, CatalogueEntry, CatalogueReport, PageOptions } from './catalogue';
+import { DeviceIdSet } from './device-ids';
 import { DeltaRange, MappedRange, allocatedRanges, deltaRanges } from './delta';
 import { OutOfDataSpaceError, PoolError, PoolReadOnlyError } from './errors';
 import { blockRunsToExtents } from './extents';
 import { IoGate } from './io-gate';
 import { MappingJournal } from './mapping-journal';
-import { DeviceDetails, MAX_DEVICE_ID } from './mapping';
+import { DeviceDetails } from './mapping';
 import { DeviceExistsError, DeviceNotFoundError, ThinMetadata } from './metadata';
 import { PoolConfigError, PoolCreateOptions, formatPool, poolPaths } from './pool-files';
 import { NEEDS_CHECK_FLAG, Superblock, encodeSuperblock, superblockValidator } from './superblock';
@@ -68,6 +69,8 @@ export interface PoolStatus {
   commits: number;
   /** Syncs of the data file since the pool was opened. */
   dataSyncs: number;
+  /** Catalogue entries, and what opening found (see `Catalogue.reconcile`). */
+  catalogue: { entries: number; snapshots: number } & CatalogueReport;
 }
 
 export interface DeviceInfo extends CatalogueEntry {
@@ -104,15 +107,22 @@ export class Pool extends EventEmitter implements DeviceHost {
   private spaceWaiters: (() => void)[] = [];
   private closed = false;
   private journal: MappingJournal | undefined;
+  /** Ids in the metadata or the catalogue: none of them may be given to a new device. */
+  private readonly usedIds: DeviceIdSet;
+  private metadataDevices: number;
 
   private constructor(
     readonly dir: string,
     public md: ThinMetadata,
     private readonly data: fsp.FileHandle,
     readonly catalogue: Catalogue,
+    private readonly found: CatalogueReport,
+    metadataIds: readonly number[],
     private readonly options: PoolOpenOptions,
   ) {
     super();
+    this.usedIds = new DeviceIdSet([...metadataIds, ...found.missing]);
+    this.metadataDevices = metadataIds.length;
     this.blockBytes = md.dataBlockBytes;
     this.skipBlockZeroing = options.skipBlockZeroing ?? false;
     this.syncIoMaxBytes = options.syncIoMaxBytes ?? 0;
@@ -142,6 +152,7 @@ export class Pool extends EventEmitter implements DeviceHost {
       throw new PoolConfigError(`${dir} is not a pool: ${paths.metadata} is missing`);
     const md = ThinMetadata.open(paths.metadata, options);
     let data: fsp.FileHandle | undefined;
+    let catalogue: Catalogue | undefined;
     try {
       if (!options.skipVerify) md.verifyTrees();
       data = await fsp.open(paths.data, options.readOnly ? 'r' : 'r+');
@@ -152,14 +163,14 @@ export class Pool extends EventEmitter implements DeviceHost {
           `${paths.data} holds ${formatSize(dataBytes)} but the metadata maps ${formatSize(needed)}`,
         );
       }
-      const catalogue = fs.existsSync(paths.catalogue)
-        ? Catalogue.load(paths.catalogue)
-        : Catalogue.create(paths.catalogue, md.sb.transactionId);
-      const pool = new Pool(dir, md, data, catalogue, options);
-      catalogue.reconcile(md.sb.transactionId, md.deviceIds());
+      catalogue = Catalogue.open(paths.catalogue, paths.legacyCatalogue, { readOnly: options.readOnly });
+      const ids = md.deviceIds();
+      const found = catalogue.reconcile(md.sb.transactionId, ids, (id) => adoptedEntry(md, id));
+      const pool = new Pool(dir, md, data, catalogue, found, ids, options);
       if (!pool.readOnlyReason) await pool.startJournal();
       return pool;
     } catch (e) {
+      catalogue?.close();
       await data?.close();
       md.close();
       throw e;
@@ -168,11 +179,11 @@ export class Pool extends EventEmitter implements DeviceHost {
 
   // ---- devices ----
 
-  /** Lowest id not in use (ids are 24-bit). */
+  /** Lowest id not in use (ids are 24-bit), in O(log n). */
   nextDeviceId(): number {
-    const used = new Set(this.md.deviceIds());
-    for (let id = 0; id <= MAX_DEVICE_ID; id++) if (!used.has(id)) return id;
-    throw new PoolError('all 2^24 device ids are in use', 'ENOSPC');
+    const id = this.usedIds.lowestFree();
+    if (id === undefined) throw new PoolError('all 2^24 device ids are in use', 'ENOSPC');
+    return id;
   }
 
   /** A new empty device; with id 'auto' the pool picks the lowest free id, race-free. */
@@ -217,7 +228,17 @@ export class Pool extends EventEmitter implements DeviceHost {
   }
 
   async deleteDevice(id: number): Promise<void> {
-    if (!this.md.deviceExists(id)) throw new DeviceNotFoundError(id);
+    if (!this.md.deviceExists(id)) {
+      if (!this.catalogue.get(id)) throw new DeviceNotFoundError(id);
+      // A catalogue entry whose device is gone (reported at open): dropping it is all there is.
+      await this.gate.exclusive(() => {
+        this.checkWritable();
+        this.catalogue.forget(id);
+        this.usedIds.delete(id);
+      });
+      log.warn('dropped the catalogue entry of a device the metadata does not have', { id });
+      return;
+    }
     await this.changeDeviceSet('delete', id, undefined, () => this.md.deleteDevice(id));
     this.open.delete(id);
     this.openReadOnly.delete(id);
@@ -233,7 +254,10 @@ export class Pool extends EventEmitter implements DeviceHost {
         `shrinking device ${id} from ${entry.sizeBytes} to ${sizeBytes} bytes is not supported`,
         'EINVAL',
       );
-    await this.gate.exclusive(() => this.catalogue.update(id, { sizeBytes }));
+    await this.gate.exclusive(() => {
+      this.checkWritable();
+      this.catalogue.update(id, { sizeBytes });
+    });
     for (const views of [this.open, this.openReadOnly]) {
       const dev = views.get(id);
       if (dev) dev.sizeBytes = sizeBytes;
@@ -243,7 +267,10 @@ export class Pool extends EventEmitter implements DeviceHost {
 
   async setLabels(id: number, labels: Record<string, string>): Promise<DeviceInfo> {
     if (!this.catalogue.get(id)) throw new DeviceNotFoundError(id);
-    await this.gate.exclusive(() => this.catalogue.update(id, { labels }));
+    await this.gate.exclusive(() => {
+      this.checkWritable();
+      this.catalogue.update(id, { labels });
+    });
     return this.deviceInfo(id);
   }
 
@@ -267,8 +294,21 @@ export class Pool extends EventEmitter implements DeviceHost {
     return { id, ...entry, details };
   }
 
-  listDevices(): DeviceInfo[] {
-    return this.catalogue.ids().map((id) => this.deviceInfo(id));
+  /**
+   * Devices in id order, optionally only those with one label value, a page at a time: the cost
+   * follows the page, not the pool. Catalogue entries without a device are left out.
+   */
+  listDevices(options: PageOptions & { label?: [key: string, value: string] } = {}): DeviceInfo[] {
+    const ids = options.label
+      ? this.catalogue.withLabel(options.label[0], options.label[1], options)
+      : this.catalogue.ids(options);
+    const out: DeviceInfo[] = [];
+    for (const id of ids) {
+      const entry = this.catalogue.get(id);
+      const details = this.md.deviceDetails(id);
+      if (entry && details) out.push({ id, ...entry, details });
+    }
+    return out;
   }
 
   // ---- metadata snapshot, delta ----
@@ -478,10 +518,11 @@ export class Pool extends EventEmitter implements DeviceHost {
       metadataBlocksUsed: this.md.metadataSm.counts.nrAllocated,
       metadataBlocksTotal: this.md.metadataSm.counts.nrBlocks,
       heldMetadataRoot: sb.heldRoot || null,
-      devices: this.md.deviceIds().length,
+      devices: this.metadataDevices,
       needsCheck: (sb.flags & NEEDS_CHECK_FLAG) !== 0,
       commits: this.commitCount,
       dataSyncs: this.dataSyncCount,
+      catalogue: { ...this.catalogue.counts, ...this.found },
     };
   }
 
@@ -495,6 +536,7 @@ export class Pool extends EventEmitter implements DeviceHost {
     if (this.timer) clearInterval(this.timer);
     if (!this.readOnlyReason) await this.commit();
     this.journal?.close();
+    this.catalogue.close();
     await this.data.close();
     this.md.close();
   }
@@ -539,7 +581,6 @@ export class Pool extends EventEmitter implements DeviceHost {
    */
   private async commitNow(dataOnlyIfMapped = false): Promise<void> {
     await this.earlySyncDone();
-    if (!this.readOnlyReason) this.catalogue.flush();
     const metadataChanged = this.md.hasUncommittedChanges;
     if (this.readOnlyReason) return;
     if (!metadataChanged && (!this.dataDirty || dataOnlyIfMapped)) return;
@@ -571,7 +612,11 @@ export class Pool extends EventEmitter implements DeviceHost {
           this.earlySync = undefined;
         }
       }
-      await this.gate.exclusive(() => this.commitNow(true));
+      await this.gate.exclusive(async () => {
+        await this.commitNow(true);
+        // Settles the last device-set change on disk (opening would roll it forward anyway).
+        this.catalogue.flush();
+      });
     } catch (e) {
       log.error('periodic commit failed', { error: (e as Error).message });
     }
@@ -665,6 +710,13 @@ export class Pool extends EventEmitter implements DeviceHost {
         throw e;
       }
       faultPoint(`${op}:after-pool-commit`);
+      if (op === 'create') {
+        this.usedIds.add(id);
+        this.metadataDevices++;
+      } else {
+        this.usedIds.delete(id);
+        this.metadataDevices--;
+      }
       this.catalogue.completeIntent();
       faultPoint(`${op}:after-catalogue`);
       log.info(`${op === 'create' ? 'created' : 'deleted'} thin device`, { id, transactionId: to });
@@ -677,4 +729,16 @@ export class Pool extends EventEmitter implements DeviceHost {
       throw new PoolError(`device size ${sizeBytes} must be a positive multiple of 512 bytes`, 'EINVAL');
     }
   }
+}
+
+// dm-thin stores no device size: an adopted device gets one that covers its last mapped block
+// (an LVM thin volume may be larger; `thin resize` or a CSI expand grows it).
+function adoptedEntry(md: ThinMetadata, id: number): CatalogueEntry {
+  const root = md.deviceRoot(id);
+  const last = root === undefined ? undefined : md.mappings.lastKey(root);
+  return {
+    sizeBytes: ((last ?? 0) + 1) * md.dataBlockBytes,
+    createdAt: new Date().toISOString(),
+    labels: { [ADOPTED_LABEL]: 'true' },
+  };
 }

@@ -2,6 +2,7 @@ import type { Argv } from 'yargs';
 import { Pool, PoolStatus } from '../../thin/pool';
 import { checkMetadata } from '../../thin/check';
 import { poolPaths } from '../../thin/pool-files';
+import { importPoolXml } from '../pool-import';
 import { formatSize, parseSize } from '../../util/size';
 import { printResult } from '../output';
 import { CommandFailed } from '../errors';
@@ -98,6 +99,44 @@ export function poolCommands(yargs: Argv): Argv {
           printResult(statusView(await pool.resize(size), argv.json), argv.json);
         }),
     )
+    .command(
+      'import-xml <pool> <xml>',
+      'make a pool from a thin_dump XML file (e.g. of an LVM thin pool): thin_restore writes the ' +
+        'metadata, and its devices are adopted',
+      (y) =>
+        y
+          .positional('pool', poolArg)
+          .positional('xml', { type: 'string', demandOption: true, describe: 'thin_dump XML file' })
+          .option('data-device', {
+            type: 'string',
+            describe: "the pool's existing data (block device or file); default: a new sparse file",
+          })
+          .option('metadata-size', {
+            type: 'string',
+            describe: 'size of the metadata file (default from the data size)',
+          })
+          .option('size', {
+            type: 'string',
+            array: true,
+            describe:
+              'virtual size of a device, ID=SIZE (dm-thin stores none; default: its last mapped block)',
+          })
+          .option('json', json),
+      async (argv) => {
+        const pool = await importPoolXml(argv.pool, argv.xml, {
+          dataDevice: argv['data-device'],
+          metadataSizeBytes: argv['metadata-size']
+            ? parseSize(argv['metadata-size'], '--metadata-size')
+            : undefined,
+          sizes: (argv.size ?? []).map(parseDeviceSize),
+        });
+        try {
+          printResult(statusView(pool.status(), argv.json), argv.json);
+        } finally {
+          await pool.close();
+        }
+      },
+    )
     .command('msnap', 'reserve or release the metadata snapshot', (y) =>
       y
         .command(
@@ -136,6 +175,16 @@ function statusView(s: PoolStatus, asJson: boolean): Record<string, unknown> {
     'metadata blocks': `${s.metadataBlocksUsed} used of ${s.metadataBlocksTotal} (${formatSize(s.metadataBlocksTotal * 4096)})`,
     'held metadata root': s.heldMetadataRoot ?? '-',
     devices: s.devices,
+    catalogue:
+      `${s.catalogue.entries} entries` +
+      (s.catalogue.adopted.length ? `; adopted at this open: ${s.catalogue.adopted.join(',')}` : '') +
+      (s.catalogue.missing.length ? `; without a device: ${s.catalogue.missing.join(',')}` : ''),
     'needs check': s.needsCheck ? 'yes' : 'no',
   };
+}
+
+function parseDeviceSize(spec: string): { id: number; sizeBytes: number } {
+  const m = /^(\d+)=(.+)$/.exec(spec);
+  if (!m) throw new CommandFailed(`--size ${spec}: expected ID=SIZE, e.g. 1=10G`);
+  return { id: Number(m[1]), sizeBytes: parseSize(m[2], `--size ${spec}`) };
 }

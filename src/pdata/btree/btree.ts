@@ -172,6 +172,16 @@ export class BTree {
     }
   }
 
+  /** The largest key in the tree, or undefined when it is empty: one walk down its right edge. */
+  lastKey(root: number): number | undefined {
+    let node = this.node(root);
+    for (;;) {
+      if (node.nrEntries === 0) return undefined;
+      if (node.isLeaf) return node.key(node.nrEntries - 1);
+      node = this.node(node.child(node.nrEntries - 1));
+    }
+  }
+
   /** Number of entries (walks the leaves). */
   count(root: number): number {
     let n = 0;
