@@ -365,7 +365,31 @@ export class Catalogue {
   }
 }
 
+// LMDB trusts its file and can crash the process on garbage, so a file whose two meta pages do
+// not look like LMDB's (magic, format version 2, the page size the first one names) is refused
+// before it is opened. Damage deeper in the file is not caught here.
+const LMDB_MAGIC = 0xbeefc0de;
+function checkStoreFile(file: string): void {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const size = fs.fstatSync(fd).size;
+    const head = Buffer.alloc(64);
+    const meta = (offset: number) =>
+      fs.readSync(fd, head, 0, 64, offset) === 64 &&
+      head.readUInt32LE(0x18) === LMDB_MAGIC &&
+      head.readUInt32LE(0x1c) === 2;
+    const ok = meta(0) && [4096, 16384, 65536].includes(head.readUInt32LE(0x30));
+    const pageBytes = head.readUInt32LE(0x30);
+    if (!ok || size < 2 * pageBytes || !meta(pageBytes))
+      throw new CatalogueError(`${file} is not an LMDB catalogue (damaged or another file)`);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 function openStore(dir: string, readOnly: boolean): RootDatabase {
+  const file = path.join(dir, 'data.mdb');
+  if (fs.existsSync(file)) checkStoreFile(file);
   try {
     // overlappingSync off: a transaction is on disk when transactionSync returns, which the
     // intent → pool commit order needs.
