@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'var/', '.tools/', 'coverage/'] },
+  { ignores: ['dist/', 'node_modules/', 'var/', '.tools/', 'coverage/', 'src/csi/generated/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -2,6 +2,15 @@
 // advertises is decided here, in `capabilitiesOf`, from configuration alone.
 import os from 'node:os';
 import path from 'node:path';
+import type {
+  ControllerServiceCapability,
+  _csi_v1_ControllerServiceCapability_RPC_Type as ControllerRpc,
+} from './generated/csi/v1/ControllerServiceCapability';
+import type {
+  NodeServiceCapability,
+  _csi_v1_NodeServiceCapability_RPC_Type as NodeRpc,
+} from './generated/csi/v1/NodeServiceCapability';
+import type { PluginCapability } from './generated/csi/v1/PluginCapability';
 
 export type Role = 'all' | 'controller' | 'node';
 export type AttachMethod = 'auto' | 'kernel' | 'nbdfuse';
@@ -98,9 +107,9 @@ export function runsNode(config: DriverConfig): boolean {
 }
 
 export interface Capabilities {
-  plugin: { service?: { type: string }; volume_expansion?: { type: string } }[];
-  controller: { rpc: { type: string } }[];
-  node: { rpc: { type: string } }[];
+  plugin: PluginCapability[];
+  controller: ControllerServiceCapability[];
+  node: NodeServiceCapability[];
 }
 
 /** What the driver advertises, from configuration. */
@@ -112,7 +121,7 @@ export function capabilitiesOf(config: DriverConfig): Capabilities {
   }
   plugin.push({ service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } });
   plugin.push({ volume_expansion: { type: 'ONLINE' } }, { volume_expansion: { type: 'OFFLINE' } });
-  const controller = runsController(config)
+  const controller: ControllerRpc[] = runsController(config)
     ? [
         'CREATE_DELETE_VOLUME',
         'PUBLISH_UNPUBLISH_VOLUME',
@@ -129,7 +138,7 @@ export function capabilitiesOf(config: DriverConfig): Capabilities {
         'GET_SNAPSHOT',
       ]
     : [];
-  const node = runsNode(config)
+  const node: NodeRpc[] = runsNode(config)
     ? ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION']
     : [];
   return {

@@ -1,5 +1,4 @@
 // Controller service: volumes and snapshots as thin devices, publishing as NBD grants.
-import type * as grpc from '@grpc/grpc-js';
 import type { DeviceInfo } from '../thin/pool';
 import type { DriverConfig } from './config';
 import { capabilitiesOf } from './config';
@@ -14,15 +13,40 @@ import {
   unimplemented,
 } from './errors';
 import { ExportGrants, newSecret } from './exports';
+import type { ControllerExpandVolumeRequest__Output } from './generated/csi/v1/ControllerExpandVolumeRequest';
+import type { ControllerExpandVolumeResponse } from './generated/csi/v1/ControllerExpandVolumeResponse';
+import type { ControllerGetVolumeRequest__Output } from './generated/csi/v1/ControllerGetVolumeRequest';
+import type { ControllerGetVolumeResponse } from './generated/csi/v1/ControllerGetVolumeResponse';
+import type { ControllerPublishVolumeRequest__Output } from './generated/csi/v1/ControllerPublishVolumeRequest';
+import type { ControllerPublishVolumeResponse } from './generated/csi/v1/ControllerPublishVolumeResponse';
+import type { ControllerUnpublishVolumeRequest__Output } from './generated/csi/v1/ControllerUnpublishVolumeRequest';
+import type { ControllerUnpublishVolumeResponse } from './generated/csi/v1/ControllerUnpublishVolumeResponse';
+import type { CreateSnapshotRequest__Output } from './generated/csi/v1/CreateSnapshotRequest';
+import type { CreateSnapshotResponse } from './generated/csi/v1/CreateSnapshotResponse';
+import type { CreateVolumeRequest__Output } from './generated/csi/v1/CreateVolumeRequest';
+import type { CreateVolumeResponse } from './generated/csi/v1/CreateVolumeResponse';
+import type { DeleteSnapshotRequest__Output } from './generated/csi/v1/DeleteSnapshotRequest';
+import type { DeleteSnapshotResponse } from './generated/csi/v1/DeleteSnapshotResponse';
+import type { DeleteVolumeRequest__Output } from './generated/csi/v1/DeleteVolumeRequest';
+import type { DeleteVolumeResponse } from './generated/csi/v1/DeleteVolumeResponse';
+import type { GetCapacityRequest__Output } from './generated/csi/v1/GetCapacityRequest';
+import type { GetCapacityResponse } from './generated/csi/v1/GetCapacityResponse';
+import type { GetSnapshotRequest__Output } from './generated/csi/v1/GetSnapshotRequest';
+import type { GetSnapshotResponse } from './generated/csi/v1/GetSnapshotResponse';
+import type { ListSnapshotsRequest__Output } from './generated/csi/v1/ListSnapshotsRequest';
+import type { ListSnapshotsResponse } from './generated/csi/v1/ListSnapshotsResponse';
+import type { ListVolumesRequest__Output } from './generated/csi/v1/ListVolumesRequest';
+import type { ListVolumesResponse } from './generated/csi/v1/ListVolumesResponse';
+import type { ValidateVolumeCapabilitiesRequest__Output } from './generated/csi/v1/ValidateVolumeCapabilitiesRequest';
+import type { ValidateVolumeCapabilitiesResponse } from './generated/csi/v1/ValidateVolumeCapabilitiesResponse';
 import { type OperationLocks, unary } from './handler';
 import { LABEL_PARAMETERS, LABEL_SOURCE, type PublishRecord, Store } from './store';
 import type {
-  CapacityRange,
+  ControllerHandlers,
   Snapshot,
   StringMap,
   Topology,
   Volume,
-  VolumeCapability,
   VolumeCondition,
   VolumeContentSource,
 } from './types';
@@ -37,15 +61,6 @@ import {
   parseVolumeParameters,
   sizeFor,
 } from './validate';
-
-interface CreateVolumeRequest {
-  name: string;
-  capacity_range: CapacityRange | null;
-  volume_capabilities: VolumeCapability[];
-  parameters: StringMap;
-  volume_content_source: VolumeContentSource | null;
-  accessibility_requirements: { requisite: Topology[]; preferred: Topology[] } | null;
-}
 
 interface ListRequest {
   max_entries: number;
@@ -143,7 +158,7 @@ export class ControllerService {
     }
   }
 
-  async createVolume(req: CreateVolumeRequest): Promise<{ volume: Volume }> {
+  async createVolume(req: CreateVolumeRequest__Output): Promise<CreateVolumeResponse> {
     checkName(req.name);
     checkCapabilities(req.volume_capabilities);
     const params = parseVolumeParameters(req.parameters);
@@ -199,7 +214,7 @@ export class ControllerService {
     return { volume: this.volumeOf(info) };
   }
 
-  async deleteVolume(req: { volume_id: string }): Promise<object> {
+  async deleteVolume(req: DeleteVolumeRequest__Output): Promise<DeleteVolumeResponse> {
     const info = this.store.findChecked('volume', req.volume_id, 'volume_id');
     if (!info) return {};
     const nodes = [...this.store.publications(info).keys()];
@@ -208,12 +223,7 @@ export class ControllerService {
     return {};
   }
 
-  async publish(req: {
-    volume_id: string;
-    node_id: string;
-    volume_capability: VolumeCapability | null;
-    readonly: boolean;
-  }): Promise<{ publish_context: StringMap }> {
+  async publish(req: ControllerPublishVolumeRequest__Output): Promise<ControllerPublishVolumeResponse> {
     if (!req.volume_id) throw invalidArgument('volume_id is required');
     if (!req.node_id) throw invalidArgument('node_id is required');
     const problem = capabilityProblem(req.volume_capability);
@@ -242,7 +252,7 @@ export class ControllerService {
     return { publish_context: this.grants.grant(updated, req.node_id, record) };
   }
 
-  async unpublish(req: { volume_id: string; node_id: string }): Promise<object> {
+  async unpublish(req: ControllerUnpublishVolumeRequest__Output): Promise<ControllerUnpublishVolumeResponse> {
     if (!req.volume_id) throw invalidArgument('volume_id is required');
     const info = this.store.find('volume', req.volume_id);
     if (!info) throw notFound(`volume ${req.volume_id} does not exist`);
@@ -255,12 +265,9 @@ export class ControllerService {
     return {};
   }
 
-  async validate(req: {
-    volume_id: string;
-    volume_context: StringMap;
-    volume_capabilities: VolumeCapability[];
-    parameters: StringMap;
-  }): Promise<object> {
+  async validate(
+    req: ValidateVolumeCapabilitiesRequest__Output,
+  ): Promise<ValidateVolumeCapabilitiesResponse> {
     if (!req.volume_id) throw invalidArgument('volume_id is required');
     if (!req.volume_capabilities.length) throw invalidArgument('volume_capabilities is required');
     const info = this.store.find('volume', req.volume_id);
@@ -288,7 +295,7 @@ export class ControllerService {
     };
   }
 
-  async listVolumes(req: ListRequest): Promise<object> {
+  async listVolumes(req: ListVolumesRequest__Output): Promise<ListVolumesResponse> {
     const { page, next } = paginate(req, (p) => this.store.list('volume', p));
     return {
       entries: page.map((d) => ({ volume: this.volumeOf(d), status: this.statusOf(d) })),
@@ -296,17 +303,13 @@ export class ControllerService {
     };
   }
 
-  async getVolume(req: { volume_id: string }): Promise<object> {
+  async getVolume(req: ControllerGetVolumeRequest__Output): Promise<ControllerGetVolumeResponse> {
     const info = this.store.findChecked('volume', req.volume_id, 'volume_id');
     if (!info) throw notFound(`volume ${req.volume_id} does not exist`);
     return { volume: this.volumeOf(info), status: this.statusOf(info) };
   }
 
-  async getCapacity(req: {
-    volume_capabilities: VolumeCapability[];
-    parameters: StringMap;
-    accessible_topology: Topology | null;
-  }): Promise<object> {
+  async getCapacity(req: GetCapacityRequest__Output): Promise<GetCapacityResponse> {
     for (const cap of req.volume_capabilities) if (capabilityProblem(cap)) return { available_capacity: 0 };
     const params = parseVolumeParameters(req.parameters);
     if (req.accessible_topology && !matchesTopology(this.config.topology, req.accessible_topology))
@@ -324,11 +327,7 @@ export class ControllerService {
     };
   }
 
-  async createSnapshot(req: {
-    source_volume_id: string;
-    name: string;
-    parameters: StringMap;
-  }): Promise<object> {
+  async createSnapshot(req: CreateSnapshotRequest__Output): Promise<CreateSnapshotResponse> {
     checkName(req.name);
     if (!req.source_volume_id) throw invalidArgument('source_volume_id is required');
     parseSnapshotParameters(req.parameters);
@@ -350,13 +349,13 @@ export class ControllerService {
     return { snapshot: this.snapshotOf(info) };
   }
 
-  async deleteSnapshot(req: { snapshot_id: string }): Promise<object> {
+  async deleteSnapshot(req: DeleteSnapshotRequest__Output): Promise<DeleteSnapshotResponse> {
     const info = this.store.findChecked('snapshot', req.snapshot_id, 'snapshot_id');
     if (info) await this.store.deviceSet.run(() => this.pool.deleteDevice(info.id));
     return {};
   }
 
-  async listSnapshots(req: ListRequest & { source_volume_id: string; snapshot_id: string }): Promise<object> {
+  async listSnapshots(req: ListSnapshotsRequest__Output): Promise<ListSnapshotsResponse> {
     if (req.snapshot_id) {
       // One snapshot or none; an id that is not ours simply matches nothing.
       const one = this.store.find('snapshot', req.snapshot_id);
@@ -368,17 +367,13 @@ export class ControllerService {
     return { entries: page.map((d) => ({ snapshot: this.snapshotOf(d) })), next_token: next };
   }
 
-  async getSnapshot(req: { snapshot_id: string }): Promise<object> {
+  async getSnapshot(req: GetSnapshotRequest__Output): Promise<GetSnapshotResponse> {
     const info = this.store.findChecked('snapshot', req.snapshot_id, 'snapshot_id');
     if (!info) throw notFound(`snapshot ${req.snapshot_id} does not exist`);
     return { snapshot: this.snapshotOf(info) };
   }
 
-  async expand(req: {
-    volume_id: string;
-    capacity_range: CapacityRange | null;
-    volume_capability: VolumeCapability | null;
-  }): Promise<object> {
+  async expand(req: ControllerExpandVolumeRequest__Output): Promise<ControllerExpandVolumeResponse> {
     if (!req.volume_id) throw invalidArgument('volume_id is required');
     if (!req.capacity_range) throw invalidArgument('capacity_range is required');
     const info = this.store.find('volume', req.volume_id);
@@ -403,51 +398,50 @@ export class ControllerService {
   }
 
   /** The gRPC implementation of the Controller service. */
-  handlers(locks: OperationLocks): grpc.UntypedServiceImplementation {
-    type Any = Record<string, never>;
-    const byVolume = (r: { volume_id?: string }) => (r.volume_id ? [`volume:${r.volume_id}`] : []);
+  handlers(locks: OperationLocks): ControllerHandlers {
+    const byVolume = (volumeId: string) => (volumeId ? [`volume:${volumeId}`] : []);
     return {
       CreateVolume: unary(locks, 'CreateVolume', {
-        locks: (r: CreateVolumeRequest) => (r.name ? [`volume-name:${r.name}`] : []),
+        locks: (r) => (r.name ? [`volume-name:${r.name}`] : []),
         run: (r) => this.createVolume(r),
       }),
       DeleteVolume: unary(locks, 'DeleteVolume', {
-        locks: byVolume,
-        run: (r: { volume_id: string }) => this.deleteVolume(r),
+        locks: (r) => byVolume(r.volume_id),
+        run: (r) => this.deleteVolume(r),
       }),
       ControllerPublishVolume: unary(locks, 'ControllerPublishVolume', {
-        locks: byVolume,
-        run: (r: never) => this.publish(r),
+        locks: (r) => byVolume(r.volume_id),
+        run: (r) => this.publish(r),
       }),
       ControllerUnpublishVolume: unary(locks, 'ControllerUnpublishVolume', {
-        locks: byVolume,
-        run: (r: never) => this.unpublish(r),
+        locks: (r) => byVolume(r.volume_id),
+        run: (r) => this.unpublish(r),
       }),
       ValidateVolumeCapabilities: unary(locks, 'ValidateVolumeCapabilities', {
-        run: (r: never) => this.validate(r),
+        run: (r) => this.validate(r),
       }),
-      ListVolumes: unary(locks, 'ListVolumes', { run: (r: never) => this.listVolumes(r) }),
-      GetCapacity: unary(locks, 'GetCapacity', { run: (r: never) => this.getCapacity(r) }),
+      ListVolumes: unary(locks, 'ListVolumes', { run: (r) => this.listVolumes(r) }),
+      GetCapacity: unary(locks, 'GetCapacity', { run: (r) => this.getCapacity(r) }),
       ControllerGetCapabilities: unary(locks, 'ControllerGetCapabilities', {
-        run: async (_r: Any) => ({ capabilities: capabilitiesOf(this.config).controller }),
+        run: async () => ({ capabilities: capabilitiesOf(this.config).controller }),
       }),
       CreateSnapshot: unary(locks, 'CreateSnapshot', {
-        locks: (r: { name: string }) => (r.name ? [`snapshot-name:${r.name}`] : []),
-        run: (r: never) => this.createSnapshot(r),
+        locks: (r) => (r.name ? [`snapshot-name:${r.name}`] : []),
+        run: (r) => this.createSnapshot(r),
       }),
       DeleteSnapshot: unary(locks, 'DeleteSnapshot', {
-        locks: (r: { snapshot_id: string }) => (r.snapshot_id ? [`snapshot:${r.snapshot_id}`] : []),
-        run: (r: never) => this.deleteSnapshot(r),
+        locks: (r) => (r.snapshot_id ? [`snapshot:${r.snapshot_id}`] : []),
+        run: (r) => this.deleteSnapshot(r),
       }),
-      ListSnapshots: unary(locks, 'ListSnapshots', { run: (r: never) => this.listSnapshots(r) }),
-      GetSnapshot: unary(locks, 'GetSnapshot', { run: (r: never) => this.getSnapshot(r) }),
+      ListSnapshots: unary(locks, 'ListSnapshots', { run: (r) => this.listSnapshots(r) }),
+      GetSnapshot: unary(locks, 'GetSnapshot', { run: (r) => this.getSnapshot(r) }),
       ControllerExpandVolume: unary(locks, 'ControllerExpandVolume', {
-        locks: byVolume,
-        run: (r: never) => this.expand(r),
+        locks: (r) => byVolume(r.volume_id),
+        run: (r) => this.expand(r),
       }),
-      ControllerGetVolume: unary(locks, 'ControllerGetVolume', { run: (r: never) => this.getVolume(r) }),
+      ControllerGetVolume: unary(locks, 'ControllerGetVolume', { run: (r) => this.getVolume(r) }),
       ControllerModifyVolume: unary(locks, 'ControllerModifyVolume', {
-        run: async (_r: Any) => {
+        run: async () => {
           throw unimplemented('ControllerModifyVolume is not supported');
         },
       }),

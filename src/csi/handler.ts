@@ -90,8 +90,8 @@ export function unary<Req, Res>(
   locks: OperationLocks,
   method: string,
   spec: UnarySpec<Req, Res>,
-): grpc.UntypedHandleCall {
-  const handler: grpc.handleUnaryCall<Req, Res> = (call, callback) => {
+): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
     const id = nextRequestId++;
     const started = Date.now();
     log.debug('request', { id, method, request: redact(call.request) });
@@ -104,14 +104,19 @@ export function unary<Req, Res>(
       (error: unknown) => {
         const { code, details } = toStatus(error);
         recordCsiRequest(method, grpc.status[code] ?? String(code), (Date.now() - started) / 1000);
-        const level = code === 13 ? 'error' : 'info';
-        log.log(level, 'request failed', { id, method, code, details, request: redact(call.request) });
-        if (code === 13 && error instanceof Error) log.debug(error.stack ?? '');
+        const internal = code === grpc.status.INTERNAL;
+        log.log(internal ? 'error' : 'info', 'request failed', {
+          id,
+          method,
+          code,
+          details,
+          request: redact(call.request),
+        });
+        if (internal && error instanceof Error) log.debug(error.stack ?? '');
         callback({ code, details });
       },
     );
   };
-  return handler as grpc.UntypedHandleCall;
 }
 
 export interface StreamSpec<Req, Res> {
@@ -128,8 +133,8 @@ export function serverStream<Req, Res>(
   locks: OperationLocks,
   method: string,
   spec: StreamSpec<Req, Res>,
-): grpc.UntypedHandleCall {
-  const handler: grpc.handleServerStreamingCall<Req, Res> = (call) => {
+): grpc.handleServerStreamingCall<Req, Res> {
+  return (call) => {
     const id = nextRequestId++;
     const started = Date.now();
     log.debug('request', { id, method, request: redact(call.request) });
@@ -160,5 +165,4 @@ export function serverStream<Req, Res>(
       },
     );
   };
-  return handler as grpc.UntypedHandleCall;
 }

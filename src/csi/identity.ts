@@ -1,7 +1,7 @@
 // Identity service: name, version, capabilities, readiness.
-import type * as grpc from '@grpc/grpc-js';
 import { type DriverConfig, capabilitiesOf } from './config';
 import { type OperationLocks, unary } from './handler';
+import type { IdentityHandlers } from './types';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const VERSION = (require('../../package.json') as { version: string }).version;
@@ -10,7 +10,7 @@ export function identityHandlers(
   config: DriverConfig,
   locks: OperationLocks,
   isReady: () => boolean,
-): grpc.UntypedServiceImplementation {
+): IdentityHandlers {
   return {
     GetPluginInfo: unary(locks, 'GetPluginInfo', {
       run: async () => ({

@@ -2,7 +2,6 @@
 // checks requests, keeps the staged-volume state and maps outcomes to CSI answers.
 import fs from 'node:fs';
 import path from 'node:path';
-import type * as grpc from '@grpc/grpc-js';
 import {
   type Grant,
   type KernelOptions,
@@ -28,22 +27,22 @@ import { type DriverConfig, capabilitiesOf } from './config';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from './errors';
 import { CTX_ENDPOINT, CTX_EXPORT, CTX_GROWABLE_EXPORT, CTX_READONLY } from './exports';
 import { type OperationLocks, unary } from './handler';
-import type { CapacityRange, StringMap, VolumeCapability } from './types';
+import type { NodeHandlers, VolumeCapability } from './types';
+import type { NodeExpandVolumeRequest__Output } from './generated/csi/v1/NodeExpandVolumeRequest';
+import type { NodeExpandVolumeResponse } from './generated/csi/v1/NodeExpandVolumeResponse';
+import type { NodeGetVolumeStatsRequest__Output } from './generated/csi/v1/NodeGetVolumeStatsRequest';
+import type { NodeGetVolumeStatsResponse } from './generated/csi/v1/NodeGetVolumeStatsResponse';
+import type { NodePublishVolumeRequest__Output } from './generated/csi/v1/NodePublishVolumeRequest';
+import type { NodePublishVolumeResponse } from './generated/csi/v1/NodePublishVolumeResponse';
+import type { NodeStageVolumeRequest__Output } from './generated/csi/v1/NodeStageVolumeRequest';
+import type { NodeStageVolumeResponse } from './generated/csi/v1/NodeStageVolumeResponse';
+import type { NodeUnpublishVolumeRequest__Output } from './generated/csi/v1/NodeUnpublishVolumeRequest';
+import type { NodeUnpublishVolumeResponse } from './generated/csi/v1/NodeUnpublishVolumeResponse';
+import type { NodeUnstageVolumeRequest__Output } from './generated/csi/v1/NodeUnstageVolumeRequest';
+import type { NodeUnstageVolumeResponse } from './generated/csi/v1/NodeUnstageVolumeResponse';
 import { capabilityProblem, isReadOnlyMode } from './validate';
 
 const log = logger('node');
-
-interface StageRequest {
-  volume_id: string;
-  publish_context: StringMap;
-  staging_target_path: string;
-  volume_capability: VolumeCapability | null;
-}
-
-interface PublishRequest extends StageRequest {
-  target_path: string;
-  readonly: boolean;
-}
 
 export class NodeService {
   readonly state: NodeState;
@@ -105,7 +104,7 @@ export class NodeService {
     return (cap.mount?.fs_type || this.config.defaultFsType) as FsType;
   }
 
-  async stage(req: StageRequest): Promise<object> {
+  async stage(req: NodeStageVolumeRequest__Output): Promise<NodeStageVolumeResponse> {
     if (!req.volume_id) throw invalidArgument('volume_id is required');
     const stagingPath = this.checkPath(req.staging_target_path, 'staging_target_path');
     const cap = this.checkCapability(req.volume_capability);
@@ -175,7 +174,7 @@ export class NodeService {
     this.state.remove(staged.volumeId);
   }
 
-  async unstage(req: { volume_id: string; staging_target_path: string }): Promise<object> {
+  async unstage(req: NodeUnstageVolumeRequest__Output): Promise<NodeUnstageVolumeResponse> {
     if (!req.volume_id) throw invalidArgument('volume_id is required');
     const stagingPath = this.checkPath(req.staging_target_path, 'staging_target_path');
     const staged = this.state.get(req.volume_id);
@@ -187,7 +186,7 @@ export class NodeService {
     return {};
   }
 
-  async publish(req: PublishRequest): Promise<object> {
+  async publish(req: NodePublishVolumeRequest__Output): Promise<NodePublishVolumeResponse> {
     if (!req.volume_id) throw invalidArgument('volume_id is required');
     const stagingPath = this.checkPath(req.staging_target_path, 'staging_target_path');
     const target = this.checkPath(req.target_path, 'target_path');
@@ -216,7 +215,7 @@ export class NodeService {
     return {};
   }
 
-  async unpublish(req: { volume_id: string; target_path: string }): Promise<object> {
+  async unpublish(req: NodeUnpublishVolumeRequest__Output): Promise<NodeUnpublishVolumeResponse> {
     if (!req.volume_id) throw invalidArgument('volume_id is required');
     const target = this.checkPath(req.target_path, 'target_path');
     await unmountAll(target);
@@ -236,7 +235,7 @@ export class NodeService {
     return staged;
   }
 
-  async stats(req: { volume_id: string; volume_path: string }): Promise<object> {
+  async stats(req: NodeGetVolumeStatsRequest__Output): Promise<NodeGetVolumeStatsResponse> {
     const staged = await this.stagedFor(req.volume_id, req.volume_path);
     if (staged.block) {
       const size = await deviceSizeBytes(staged.attachment.device);
@@ -262,12 +261,7 @@ export class NodeService {
     }
   }
 
-  async expand(req: {
-    volume_id: string;
-    volume_path: string;
-    capacity_range: CapacityRange | null;
-    staging_target_path: string;
-  }): Promise<object> {
+  async expand(req: NodeExpandVolumeRequest__Output): Promise<NodeExpandVolumeResponse> {
     const staged = await this.stagedFor(req.volume_id, req.volume_path);
     const size = await growAttachment(staged.attachment, staged.grant, this.kernelOptions());
     const wanted = req.capacity_range?.required_bytes ?? 0;
@@ -280,26 +274,29 @@ export class NodeService {
     return { capacity_bytes: size };
   }
 
-  handlers(locks: OperationLocks): grpc.UntypedServiceImplementation {
-    const byVolume = (r: { volume_id?: string }) => (r.volume_id ? [`node-volume:${r.volume_id}`] : []);
+  handlers(locks: OperationLocks): NodeHandlers {
+    const byVolume = (volumeId: string) => (volumeId ? [`node-volume:${volumeId}`] : []);
     return {
-      NodeStageVolume: unary(locks, 'NodeStageVolume', { locks: byVolume, run: (r: never) => this.stage(r) }),
+      NodeStageVolume: unary(locks, 'NodeStageVolume', {
+        locks: (r) => byVolume(r.volume_id),
+        run: (r) => this.stage(r),
+      }),
       NodeUnstageVolume: unary(locks, 'NodeUnstageVolume', {
-        locks: byVolume,
-        run: (r: never) => this.unstage(r),
+        locks: (r) => byVolume(r.volume_id),
+        run: (r) => this.unstage(r),
       }),
       NodePublishVolume: unary(locks, 'NodePublishVolume', {
-        locks: byVolume,
-        run: (r: never) => this.publish(r),
+        locks: (r) => byVolume(r.volume_id),
+        run: (r) => this.publish(r),
       }),
       NodeUnpublishVolume: unary(locks, 'NodeUnpublishVolume', {
-        locks: byVolume,
-        run: (r: never) => this.unpublish(r),
+        locks: (r) => byVolume(r.volume_id),
+        run: (r) => this.unpublish(r),
       }),
-      NodeGetVolumeStats: unary(locks, 'NodeGetVolumeStats', { run: (r: never) => this.stats(r) }),
+      NodeGetVolumeStats: unary(locks, 'NodeGetVolumeStats', { run: (r) => this.stats(r) }),
       NodeExpandVolume: unary(locks, 'NodeExpandVolume', {
-        locks: byVolume,
-        run: (r: never) => this.expand(r),
+        locks: (r) => byVolume(r.volume_id),
+        run: (r) => this.expand(r),
       }),
       NodeGetCapabilities: unary(locks, 'NodeGetCapabilities', {
         run: async () => ({ capabilities: capabilitiesOf(this.config).node }),

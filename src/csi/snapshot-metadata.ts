@@ -2,7 +2,10 @@
 // so they form one consistent view while the pool keeps writing. Only one metadata snapshot
 // can be held per pool; the pool queues its holders (`Pool.withMetadataSnap`). The ranges are
 // computed under it and the snapshot is released before anything is streamed.
-import type * as grpc from '@grpc/grpc-js';
+import type { GetMetadataAllocatedRequest__Output } from './generated/csi/v1/GetMetadataAllocatedRequest';
+import type { GetMetadataAllocatedResponse } from './generated/csi/v1/GetMetadataAllocatedResponse';
+import type { GetMetadataDeltaRequest__Output } from './generated/csi/v1/GetMetadataDeltaRequest';
+import type { SnapshotMetadataHandlers } from './types';
 import type { Pool } from '../thin/pool';
 import type { DriverConfig } from './config';
 import { invalidArgument, notFound, outOfRange } from './errors';
@@ -49,18 +52,8 @@ export function toByteRanges(
   return out;
 }
 
-interface AllocatedRequest {
-  snapshot_id: string;
-  starting_offset: number;
-  max_results: number;
-}
-
-interface DeltaRequest {
-  base_snapshot_id: string;
-  target_snapshot_id: string;
-  starting_offset: number;
-  max_results: number;
-}
+type AllocatedRequest = GetMetadataAllocatedRequest__Output;
+type DeltaRequest = GetMetadataDeltaRequest__Output;
 
 export class SnapshotMetadataService {
   constructor(
@@ -110,11 +103,14 @@ export class SnapshotMetadataService {
     };
   }
 
-  handlers(locks: OperationLocks): grpc.UntypedServiceImplementation {
+  handlers(locks: OperationLocks): SnapshotMetadataHandlers {
+    // Both RPCs answer with the same message shape: pages of at most max_results ranges.
     const stream =
-      (compute: (r: never) => Promise<{ capacity: number; ranges: ByteRange[] }>) =>
-      async (req: { max_results: number }, send: (m: object) => Promise<boolean>): Promise<void> => {
-        const { capacity, ranges } = await compute(req as never);
+      <Req extends { max_results: number }>(
+        compute: (r: Req) => Promise<{ capacity: number; ranges: ByteRange[] }>,
+      ) =>
+      async (req: Req, send: (m: GetMetadataAllocatedResponse) => Promise<boolean>): Promise<void> => {
+        const { capacity, ranges } = await compute(req);
         const per = req.max_results > 0 ? req.max_results : this.config.defaultMaxResults;
         const header = {
           block_metadata_type: this.config.blockMetadataType,
@@ -130,9 +126,11 @@ export class SnapshotMetadataService {
       };
     return {
       GetMetadataAllocated: serverStream(locks, 'GetMetadataAllocated', {
-        run: stream((r) => this.allocated(r)),
+        run: stream((r: AllocatedRequest) => this.allocated(r)),
       }),
-      GetMetadataDelta: serverStream(locks, 'GetMetadataDelta', { run: stream((r) => this.delta(r)) }),
+      GetMetadataDelta: serverStream(locks, 'GetMetadataDelta', {
+        run: stream((r: DeltaRequest) => this.delta(r)),
+      }),
     };
   }
 }

@@ -1,57 +1,19 @@
-// The message shapes the driver reads and writes, as proto-loader presents them (see proto.ts).
-// Only the fields the driver uses are listed.
+// The message shapes the driver reads and writes, generated from proto/csi.proto by
+// scripts/csi-gen-types (proto-loader's generator, with the options of proto.ts). Requests are
+// the `__Output` shapes (defaults filled in, oneofs named); replies are the input shapes.
+import type * as v1 from './generated/csi/v1/VolumeCapability';
 
 export type StringMap = Record<string, string>;
 
-export type AccessModeName =
-  | 'UNKNOWN'
-  | 'SINGLE_NODE_WRITER'
-  | 'SINGLE_NODE_READER_ONLY'
-  | 'MULTI_NODE_READER_ONLY'
-  | 'MULTI_NODE_SINGLE_WRITER'
-  | 'MULTI_NODE_MULTI_WRITER'
-  | 'SINGLE_NODE_SINGLE_WRITER'
-  | 'SINGLE_NODE_MULTI_WRITER';
-
-export interface VolumeCapability {
-  block?: Record<string, never> | null;
-  mount?: { fs_type: string; mount_flags: string[]; volume_mount_group: string } | null;
-  access_type?: 'block' | 'mount';
-  access_mode?: { mode: AccessModeName } | null;
-}
-
-export interface CapacityRange {
-  required_bytes: number;
-  limit_bytes: number;
-}
-
-export interface VolumeContentSource {
-  snapshot?: { snapshot_id: string } | null;
-  volume?: { volume_id: string } | null;
-  type?: 'snapshot' | 'volume';
-}
-
-export interface Topology {
-  segments: StringMap;
-}
-
-export interface Volume {
-  capacity_bytes: number;
-  volume_id: string;
-  volume_context: StringMap;
-  content_source: VolumeContentSource | null;
-  accessible_topology: Topology[];
-}
-
-export interface Snapshot {
-  size_bytes: number;
-  snapshot_id: string;
-  source_volume_id: string;
-  creation_time: { seconds: number; nanos: number };
-  ready_to_use: boolean;
-}
-
-export interface VolumeCondition {
-  abnormal: boolean;
-  message: string;
-}
+export type AccessModeName = v1._csi_v1_VolumeCapability_AccessMode_Mode__Output;
+export type VolumeCapability = v1.VolumeCapability__Output;
+export type { CapacityRange__Output as CapacityRange } from './generated/csi/v1/CapacityRange';
+export type { VolumeContentSource__Output as VolumeContentSource } from './generated/csi/v1/VolumeContentSource';
+export type { Topology__Output as Topology } from './generated/csi/v1/Topology';
+export type { Volume } from './generated/csi/v1/Volume';
+export type { Snapshot } from './generated/csi/v1/Snapshot';
+export type { VolumeCondition } from './generated/csi/v1/VolumeCondition';
+export type { ControllerHandlers } from './generated/csi/v1/Controller';
+export type { IdentityHandlers } from './generated/csi/v1/Identity';
+export type { NodeHandlers } from './generated/csi/v1/Node';
+export type { SnapshotMetadataHandlers } from './generated/csi/v1/SnapshotMetadata';
