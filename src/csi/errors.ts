@@ -4,7 +4,6 @@ import { status } from '@grpc/grpc-js';
 import { ExecError } from '../exec';
 import { AttachError, type AttachFailure } from '../node/attach';
 import { PoolError } from '../thin/errors';
-import { DeviceExistsError, DeviceNotFoundError, MetadataSnapBusyError } from '../thin/metadata';
 
 export class CsiError extends Error {
   constructor(
@@ -50,9 +49,6 @@ const attachCodes: Record<AttachFailure, status> = {
 export function toStatus(error: unknown): { code: status; details: string } {
   if (error instanceof CsiError) return { code: error.code, details: error.message };
   if (error instanceof PoolError) return { code: byErrno[error.errno], details: error.message };
-  if (error instanceof DeviceNotFoundError) return { code: status.NOT_FOUND, details: error.message };
-  if (error instanceof DeviceExistsError) return { code: status.ALREADY_EXISTS, details: error.message };
-  if (error instanceof MetadataSnapBusyError) return { code: status.ABORTED, details: error.message };
   if (error instanceof AttachError) return { code: attachCodes[error.reason], details: error.message };
   if (error instanceof ExecError) return { code: status.INTERNAL, details: error.message };
   const message = error instanceof Error ? error.message : String(error);

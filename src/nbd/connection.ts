@@ -23,6 +23,14 @@ export interface ConnectionSettings {
 }
 
 const DISCARD_STEP_BYTES = 64 * 1024;
+/**
+ * Haggling bounds what one client can make us hold: past this much received and unparsed input
+ * the socket is paused, and past this much unsent reply no further option is read (a client
+ * that sends options and never reads would otherwise grow our output buffer for as long as the
+ * handshake timeout allows).
+ */
+const HANDSHAKE_MAX_QUEUED_BYTES = 256 * 1024;
+const HANDSHAKE_MAX_UNSENT_BYTES = 256 * 1024;
 const END_GRACE_MS = 5000;
 
 export class Connection {
@@ -111,7 +119,8 @@ export class Connection {
 
   private readonly onData = (chunk: Buffer): void => {
     this.queue.push(chunk);
-    this.transmission?.onData();
+    if (this.transmission) this.transmission.onData();
+    else if (this.queue.length >= HANDSHAKE_MAX_QUEUED_BYTES) this.socket.pause();
   };
 
   private readonly onError = (error: Error): void => {
@@ -131,12 +140,12 @@ export class Connection {
 
   private handshakeIo(): HandshakeIo {
     return {
-      read: (bytes) => this.queue.read(bytes),
+      read: (bytes) => this.handshakeRead(bytes),
       discard: async (bytes) => {
         let left = bytes;
         while (left > 0) {
           const step = Math.min(left, DISCARD_STEP_BYTES);
-          await this.queue.read(step);
+          await this.handshakeRead(step);
           left -= step;
         }
       },
@@ -145,6 +154,24 @@ export class Connection {
       },
       startTls: (ack) => this.startTls(ack),
     };
+  }
+
+  /** Reads handshake input once our unsent replies are under the limit, resuming input as needed. */
+  private async handshakeRead(bytes: number): Promise<Buffer> {
+    while (this.socket.writableLength > HANDSHAKE_MAX_UNSENT_BYTES && !this.closed) {
+      const socket = this.socket;
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          socket.removeListener('drain', done);
+          socket.removeListener('close', done);
+          resolve();
+        };
+        socket.once('drain', done);
+        socket.once('close', done);
+      });
+    }
+    if (this.queue.length < bytes && this.socket.isPaused()) this.socket.resume();
+    return this.queue.read(bytes);
   }
 
   private async startTls(ack: Buffer): Promise<ClientIdentity> {
@@ -179,6 +206,8 @@ export class Connection {
 
   private startTransmission(session: Session): void {
     this.session = session;
+    // Haggling may have paused input; from here the transmission's own limits decide.
+    if (this.socket.isPaused()) this.socket.resume();
     this.log = this.log.child({ export: session.export.name });
     this.log.info('client connected', {
       via: session.via,

@@ -52,5 +52,8 @@ export function nbdErrorOf(error: unknown): number {
   if (error instanceof RangeError) return NBD_EINVAL;
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
   if (typeof code === 'string' && code in byCode) return byCode[code];
+  // Devices that name their errno as a string (`errno: 'ENOSPC'`; Node's own errno is a number).
+  const errno = (error as { errno?: unknown } | undefined)?.errno;
+  if (typeof errno === 'string' && errno in byCode) return byCode[errno];
   return NBD_EIO;
 }

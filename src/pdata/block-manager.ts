@@ -28,6 +28,10 @@ export class BlockManager {
   private readonly cacheLimit: number;
   private dirtyCount = 0;
   private fd: number;
+  // A failed write or sync leaves blocks marked clean that may never reach the device, and the
+  // kernel reports a failed sync only once: nothing written through this manager may be trusted
+  // to be durable afterwards, so every later flush fails too.
+  private writeFailure: Error | undefined;
   stats = { reads: 0, writes: 0, syncs: 0 };
 
   constructor(
@@ -90,6 +94,7 @@ export class BlockManager {
 
   /** Writes every dirty block except those in `except`, then syncs the device. */
   flush(except: ReadonlySet<number> = new Set()): void {
+    this.checkNoWriteFailure();
     const locations: number[] = [];
     for (const [location, entry] of this.cache) {
       if (entry.dirty && !except.has(location)) locations.push(location);
@@ -109,6 +114,7 @@ export class BlockManager {
 
   /** Seals and writes one block now, then syncs: the superblock, last in a commit. */
   writeNow(location: number, data: Buffer, validator: BlockValidator): void {
+    this.checkNoWriteFailure();
     validator.prepareForWrite(data, location);
     this.writeAt(location, data);
     this.sync();
@@ -134,15 +140,33 @@ export class BlockManager {
   private writeAt(location: number, data: Buffer): void {
     if (this.readOnly) throw new Error(`${this.path}: opened read-only`);
     let done = 0;
-    while (done < data.length) {
-      done += fs.writeSync(this.fd, data, done, data.length - done, location * METADATA_BLOCK_SIZE + done);
+    try {
+      while (done < data.length) {
+        done += fs.writeSync(this.fd, data, done, data.length - done, location * METADATA_BLOCK_SIZE + done);
+      }
+    } catch (e) {
+      this.writeFailure ??= e as Error;
+      throw e;
     }
     this.stats.writes += data.length / METADATA_BLOCK_SIZE;
   }
 
   private sync(): void {
-    fs.fsyncSync(this.fd);
+    try {
+      fs.fsyncSync(this.fd);
+    } catch (e) {
+      this.writeFailure ??= e as Error;
+      throw e;
+    }
     this.stats.syncs++;
+  }
+
+  private checkNoWriteFailure(): void {
+    if (!this.writeFailure) return;
+    throw Object.assign(
+      new Error(`${this.path}: an earlier metadata write failed (${this.writeFailure.message}); reopen it`),
+      { code: (this.writeFailure as NodeJS.ErrnoException).code ?? 'EIO' },
+    );
   }
 
   private markDirty(location: number): void {

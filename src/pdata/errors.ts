@@ -33,5 +33,12 @@ export class NoDataSpaceError extends MetadataError {
   }
 }
 
+/** A change was asked of metadata opened read-only. */
+export class MetadataReadOnlyError extends MetadataError {
+  constructor(path: string, what: string) {
+    super(`metadata ${path} is open read-only; cannot ${what}`);
+  }
+}
+
 /** A structural rule of a tree or space map does not hold. */
 export class MetadataInvariantError extends MetadataError {}

@@ -1,6 +1,6 @@
 import { BlockManager } from './block-manager';
 import { BlockValidator } from './block-validator';
-import { NoMetadataSpaceError } from './errors';
+import { MetadataInvariantError, MetadataReadOnlyError, NoMetadataSpaceError } from './errors';
 import { RefCounts } from './space-map/ref-counts';
 
 export interface Shadow {
@@ -29,8 +29,7 @@ export class TransactionManager {
   }
 
   newBlock(validator: BlockValidator, what = 'a metadata block'): { location: number; data: Buffer } {
-    if (this.bm.readOnly)
-      throw new Error(`metadata ${this.bm.path} is open read-only; cannot allocate ${what}`);
+    if (this.bm.readOnly) throw new MetadataReadOnlyError(this.bm.path, `allocate ${what}`);
     const location = this.metadataCounts.allocate();
     if (location === undefined) throw new NoMetadataSpaceError(what);
     this.shadowed.add(location);
@@ -38,8 +37,7 @@ export class TransactionManager {
   }
 
   shadow(location: number, validator: BlockValidator): Shadow {
-    if (this.bm.readOnly)
-      throw new Error(`metadata ${this.bm.path} is open read-only; cannot change block ${location}`);
+    if (this.bm.readOnly) throw new MetadataReadOnlyError(this.bm.path, `change block ${location}`);
     const count = this.metadataCounts.count(location);
     if (this.shadowed.has(location) && count === 1) {
       return { location, data: this.bm.writable(location, validator), incChildren: false };
@@ -49,6 +47,13 @@ export class TransactionManager {
     original.copy(copy.data);
     this.metadataCounts.dec(location);
     return { location: copy.location, data: copy.data, incChildren: count > 1 };
+  }
+
+  /** A block this transaction already shadowed, to change again (no copy, no count change). */
+  writableShadow(location: number, validator: BlockValidator): Buffer {
+    if (!this.shadowed.has(location))
+      throw new MetadataInvariantError(`block ${location} was not shadowed in this transaction`);
+    return this.bm.writable(location, validator);
   }
 
   inc(location: number): void {

@@ -1,6 +1,7 @@
 import { diffTrees } from '../pdata/btree/diff';
 import { mappedDataBlock } from './mapping';
-import { DeviceNotFoundError, ThinMetadata } from './metadata';
+import { DeviceNotFoundError } from './errors';
+import type { ThinMetadata } from './metadata';
 import { Superblock } from './superblock';
 
 /** A run of virtual blocks where two devices differ (thin_delta's vocabulary). */

@@ -9,6 +9,13 @@ import { u64Value as u64 } from '../pdata/btree/node';
 import { NoDataSpaceError } from '../pdata/errors';
 import { faultPoint } from '../util/fault-point';
 import {
+  DeviceExistsError,
+  DeviceNotFoundError,
+  MetadataSnapBusyError,
+  NoMetadataSnapError,
+  TransactionIdMismatchError,
+} from './errors';
+import {
   DEVICE_DETAILS_SIZE,
   DeviceDetails,
   MAX_DEVICE_ID,
@@ -405,43 +412,5 @@ export class ThinMetadata {
 
   close(): void {
     this.bm.close();
-  }
-}
-
-export class DeviceNotFoundError extends Error {
-  constructor(readonly deviceId: number) {
-    super(`thin device ${deviceId} does not exist`);
-    this.name = 'DeviceNotFoundError';
-  }
-}
-
-export class DeviceExistsError extends Error {
-  constructor(readonly deviceId: number) {
-    super(`thin device ${deviceId} already exists`);
-    this.name = 'DeviceExistsError';
-  }
-}
-
-export class TransactionIdMismatchError extends Error {
-  constructor(
-    readonly expected: number,
-    readonly actual: number,
-  ) {
-    super(`transaction id is ${actual}, not the expected ${expected}`);
-    this.name = 'TransactionIdMismatchError';
-  }
-}
-
-export class MetadataSnapBusyError extends Error {
-  constructor(readonly heldRoot: number) {
-    super(`a metadata snapshot is already held (superblock copy at block ${heldRoot}); release it first`);
-    this.name = 'MetadataSnapBusyError';
-  }
-}
-
-export class NoMetadataSnapError extends Error {
-  constructor() {
-    super('no metadata snapshot is held');
-    this.name = 'NoMetadataSnapError';
   }
 }

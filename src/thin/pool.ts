@@ -9,12 +9,18 @@ import { formatSize } from '../util/size';
 import { ADOPTED_LABEL, Catalogue, CatalogueEntry, CatalogueReport, PageOptions } from './catalogue';
 import { DeviceIdSet } from './device-ids';
 import { DeltaRange, MappedRange, allocatedRanges, deltaRanges } from './delta';
-import { OutOfDataSpaceError, PoolError, PoolReadOnlyError } from './errors';
+import {
+  DeviceExistsError,
+  DeviceNotFoundError,
+  OutOfDataSpaceError,
+  PoolError,
+  PoolReadOnlyError,
+} from './errors';
 import { blockRunsToExtents } from './extents';
 import { IoGate } from './io-gate';
 import { MappingJournal } from './mapping-journal';
 import { DeviceDetails } from './mapping';
-import { DeviceExistsError, DeviceNotFoundError, ThinMetadata } from './metadata';
+import { ThinMetadata } from './metadata';
 import { PoolConfigError, PoolCreateOptions, formatPool, poolPaths } from './pool-files';
 import { NEEDS_CHECK_FLAG, Superblock, encodeSuperblock, superblockValidator } from './superblock';
 import { DeviceHost, ThinDevice } from './thin-device';
@@ -103,6 +109,11 @@ export class Pool extends EventEmitter implements DeviceHost {
   private commitCount = 0;
   private dataSyncCount = 0;
   private readOnlyReason: string | undefined;
+  // Set when the pool turned read-only because something failed (not when opened read-only):
+  // writes acknowledged since the last commit are gone, so no flush may succeed any more.
+  private failure: { reason: string; errno: 'EIO' | 'ENOSPC' } | undefined;
+  /** The in-memory metadata was given up for the last commit (see `dropUncommitted`). */
+  private dropped = false;
   private lowWaterRaised = false;
   private spaceWaiters: (() => void)[] = [];
   private closed = false;
@@ -581,14 +592,12 @@ export class Pool extends EventEmitter implements DeviceHost {
    */
   private async commitNow(dataOnlyIfMapped = false): Promise<void> {
     await this.earlySyncDone();
+    if (this.failure) throw this.failedError();
     const metadataChanged = this.md.hasUncommittedChanges;
     if (this.readOnlyReason) return;
     if (!metadataChanged && (!this.dataDirty || dataOnlyIfMapped)) return;
     await this.syncData();
-    if (metadataChanged) {
-      this.guardMetadata(() => this.md.commit());
-      this.commitCount++;
-    }
+    if (metadataChanged) this.commitMetadata();
   }
 
   private async periodicCommit(): Promise<void> {
@@ -599,11 +608,12 @@ export class Pool extends EventEmitter implements DeviceHost {
       // exclusive section (where writers wait) has only what was written meanwhile left to do.
       if (this.dataDirty) {
         this.dataDirty = false;
+        // A failure fails the pool before anything else can run: a flush that came after it
+        // would sync again and be told of no error, the kernel having reported it here.
         this.earlySync = this.data.datasync().then(
           () => void this.dataSyncCount++,
           (e: unknown) => {
-            this.dataDirty = true;
-            throw e;
+            throw this.failIo(e, 'data');
           },
         );
         try {
@@ -619,6 +629,7 @@ export class Pool extends EventEmitter implements DeviceHost {
       });
     } catch (e) {
       log.error('periodic commit failed', { error: (e as Error).message });
+      if (this.failure && !this.dropped) await this.gate.exclusive(async () => this.dropUncommitted(false));
     }
   }
 
@@ -629,10 +640,23 @@ export class Pool extends EventEmitter implements DeviceHost {
     await this.syncData();
     return this.guardMetadata(() => {
       const result = fn();
-      this.md.commit();
-      this.commitCount++;
+      this.commitMetadata();
       return result;
     });
+  }
+
+  // A commit that fails half-way leaves blocks written or not, synced or not, and the block
+  // manager refusing further commits: carry on read-only from the last commit, as dm-thin does.
+  private commitMetadata(): void {
+    try {
+      this.md.commit();
+    } catch (e) {
+      if (e instanceof NoMetadataSpaceError) this.failMetadata(e);
+      const error = this.failIo(e, 'metadata');
+      this.dropUncommitted(true);
+      throw error;
+    }
+    this.commitCount++;
   }
 
   // Writes an early sync took for clean are only clean once it is done (a failed one set them
@@ -641,12 +665,73 @@ export class Pool extends EventEmitter implements DeviceHost {
     if (this.earlySync) await this.earlySync.catch(() => undefined);
   }
 
+  // Callers hold the gate exclusively (or the pool is opening).
   private async syncData(): Promise<void> {
     await this.earlySyncDone();
+    if (this.failure) throw this.failedError();
     if (!this.dataDirty) return;
-    await this.data.datasync();
+    try {
+      await this.data.datasync();
+    } catch (e) {
+      const error = this.failIo(e, 'data');
+      this.dropUncommitted(false);
+      throw error;
+    }
     this.dataSyncCount++;
     this.dataDirty = false;
+  }
+
+  // The kernel reports a failed sync once and may drop the pages it could not write, so after
+  // a failed write or sync of the pool's files nothing acknowledged since the last commit can be
+  // made durable: the pool turns read-only and every later flush fails (until it is reopened).
+  private failIo(cause: unknown, file: 'data' | 'metadata'): PoolReadOnlyError {
+    if (cause instanceof PoolReadOnlyError) return cause;
+    if (!this.failure) {
+      const message = (cause as Error).message;
+      const code = (cause as NodeJS.ErrnoException).code;
+      this.failure = {
+        reason: `a write or sync of the ${file} failed (${message}); reopen the pool once the device works`,
+        errno: code === 'ENOSPC' ? 'ENOSPC' : 'EIO',
+      };
+      this.readOnlyReason = this.failure.reason;
+      if (this.timer) clearInterval(this.timer);
+      log.error('pool switched to read-only: a write or sync failed', { file, error: message });
+    }
+    return this.failedError();
+  }
+
+  private failedError(): PoolReadOnlyError {
+    return new PoolReadOnlyError(this.failure!.reason, this.failure!.errno);
+  }
+
+  /**
+   * Gives up the in-memory metadata for the last commit, read-only (dm-thin's abort_metadata):
+   * it may be half-changed, or map data that never reached the disk. `needsCheck` also flags the
+   * committed superblock, best effort (a failing device may refuse that write too). After a
+   * data failure the journal restarts on the last commit: its records map data that may be lost.
+   * Runs where no I/O is in flight (inside the gate's exclusive section).
+   */
+  private dropUncommitted(needsCheck: boolean): void {
+    if (this.dropped) return;
+    this.dropped = true;
+    const path = poolPaths(this.dir).metadata;
+    this.md.close();
+    if (needsCheck) {
+      try {
+        const committed = ThinMetadata.open(path);
+        try {
+          const sb = { ...committed.sb, flags: committed.sb.flags | NEEDS_CHECK_FLAG };
+          committed.bm.writeNow(0, encodeSuperblock(sb), superblockValidator);
+        } finally {
+          committed.close();
+        }
+      } catch (e) {
+        log.error('could not set needs_check in the metadata superblock', { error: (e as Error).message });
+      }
+    }
+    this.md = ThinMetadata.open(path, { readOnly: true });
+    if (!needsCheck) this.journal?.committed(this.md.sb);
+    for (const dev of this.open.values()) dev.refreshSharing();
   }
 
   // Running out of metadata space mid-change leaves the in-memory trees half-changed: drop them,
@@ -661,20 +746,14 @@ export class Pool extends EventEmitter implements DeviceHost {
   }
 
   private failMetadata(cause: Error): never {
-    const path = poolPaths(this.dir).metadata;
     log.error('metadata space exhausted: pool switched to read-only with needs_check set', {
       error: cause.message,
     });
-    this.md.close();
-    const committed = ThinMetadata.open(path);
-    const sb = { ...committed.sb, flags: committed.sb.flags | NEEDS_CHECK_FLAG };
-    committed.bm.writeNow(0, encodeSuperblock(sb), superblockValidator);
-    committed.close();
-    this.md = ThinMetadata.open(path, { readOnly: true });
     this.readOnlyReason =
       'out of metadata space (needs_check is set; run thinpool pool check, then grow the metadata)';
+    this.failure ??= { reason: this.readOnlyReason, errno: 'EIO' };
     if (this.timer) clearInterval(this.timer);
-    for (const dev of this.open.values()) dev.refreshSharing();
+    this.dropUncommitted(true);
     throw new PoolReadOnlyError(this.readOnlyReason);
   }
 

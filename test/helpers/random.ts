@@ -1,3 +1,5 @@
+export type Random = ReturnType<typeof seededRandom>;
+
 /** A small seeded PRNG (mulberry32) so a failing random test can be replayed from its seed. */
 export function seededRandom(seed: number): { next(): number; int(n: number): number; pick<T>(xs: T[]): T } {
   let a = seed >>> 0;

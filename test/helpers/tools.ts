@@ -8,8 +8,15 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 
-/** Repository root (this file lives in test/helpers). */
-export const REPO_ROOT = path.resolve(__dirname, '../..');
+/** Repository root: the nearest folder above with a package.json (this file may also run compiled, from dist/). */
+export const REPO_ROOT = findRepoRoot(__dirname);
+
+function findRepoRoot(from: string): string {
+  for (let dir = from; ; dir = path.dirname(dir)) {
+    if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
+    if (path.dirname(dir) === dir) return path.resolve(from, '../..');
+  }
+}
 
 /** Where scripts/setup unpacks trixie's thin-provisioning-tools. */
 export const TRIXIE_ROOT = path.join(REPO_ROOT, '.tools', 'trixie');

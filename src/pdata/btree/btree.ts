@@ -97,7 +97,7 @@ export class BTree {
       let next = child.node;
       if (next.nrEntries <= next.minEntries && cur.nrEntries > 1) {
         i = this.rebalance(cur, i, key);
-        next = new NodeView(this.tm.bm.writable(cur.child(i), nodeValidator));
+        next = new NodeView(this.tm.writableShadow(cur.child(i), nodeValidator));
       }
       cur = next;
     }
