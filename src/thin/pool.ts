@@ -811,7 +811,8 @@ export class Pool extends EventEmitter implements DeviceHost {
 }
 
 // dm-thin stores no device size: an adopted device gets one that covers its last mapped block
-// (an LVM thin volume may be larger; `thin resize` or a CSI expand grows it).
+// (an LVM thin volume may be larger; `pool import-xml --size`, `resizeDevice` or a CSI expand
+// grows it).
 function adoptedEntry(md: ThinMetadata, id: number): CatalogueEntry {
   const root = md.deviceRoot(id);
   const last = root === undefined ? undefined : md.mappings.lastKey(root);
