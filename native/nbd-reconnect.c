@@ -2,8 +2,11 @@
  * nbd-reconnect: keep a kernel NBD device (attached by `nbd-client`, netlink mode) alive
  * across restarts of its NBD server.
  *
- *   nbd-reconnect [-D dead-conn-timeout-s] [-q] [-r] <index> <host> <port> <export>
+ *   nbd-reconnect [-D dead-conn-timeout-s] [-q] [-r] [-R ready-fd] <index> <host> <port> <export>
  *   nbd-reconnect -s <bytes> <index>      (set the size of a netlink-attached device, exit)
+ *
+ * -R: once it watches the device, the helper writes "ready\n" on this (inherited) descriptor
+ * and closes it, so whoever started it knows without reading its log.
  *
  * -r (resume) is for a helper that replaces one that died: the connection may have died while
  * nobody watched, so it first offers the kernel a fresh socket (kept only in place of a dead one).
@@ -376,10 +379,11 @@ static void on_signal(int sig) {
 int main(int argc, char **argv) {
   uint64_t dead_timeout = 120;
   int c;
-  int resume = 0;
-  while ((c = getopt(argc, argv, "D:qrs:")) != -1) {
+  int resume = 0, ready_fd = -1;
+  while ((c = getopt(argc, argv, "D:qrR:s:")) != -1) {
     if (c == 'D') dead_timeout = strtoull(optarg, NULL, 10);
     else if (c == 'r') resume = 1;
+    else if (c == 'R') ready_fd = atoi(optarg);
     else if (c == 's') new_size = strtoull(optarg, NULL, 10);
     else if (c == 'q') quiet = 1;
     else return 2;
@@ -396,7 +400,7 @@ int main(int argc, char **argv) {
     return rc ? 1 : 0;
   }
   if (argc - optind != 4) {
-    fprintf(stderr, "usage: nbd-reconnect [-D dead-conn-timeout-s] [-q] [-r] <index> <host> <port> <export>\n");
+    fprintf(stderr, "usage: nbd-reconnect [-D dead-conn-timeout-s] [-q] [-r] [-R ready-fd] <index> <host> <port> <export>\n");
     return 2;
   }
   uint32_t index = strtoul(argv[optind], NULL, 10);
@@ -441,6 +445,11 @@ int main(int argc, char **argv) {
     return 1;
   }
   say("watching /dev/nbd%u (dead-connection timeout %llus)", index, (unsigned long long)dead_timeout);
+  if (ready_fd >= 0) {
+    /* SIGPIPE is ignored: a starter that went away meanwhile only makes this write fail. */
+    if (write(ready_fd, "ready\n", 6) != 6) say("could not signal readiness on fd %d: %s", ready_fd, strerror(errno));
+    close(ready_fd);
+  }
   if (resume) {
     rc = reattach(ctl, fam.id, index, host, port, name, ro, 1);
     if (rc) return rc < 0 ? 0 : rc;

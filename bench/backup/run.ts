@@ -14,7 +14,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { CsiClient } from '../../src/backup/csi-client';
 import { HashPool } from '../../src/backup/hash-pool';
-import { NbdConnectionPool, parseNbdEndpoint } from '../../src/backup/nbd-client';
+import { NbdConnectionPool, parseNbdEndpoint } from '../../src/nbd/client';
 import { machineLine, median, repoRoot, updateBenchmarkSection } from '../report';
 
 const run = promisify(execFile);

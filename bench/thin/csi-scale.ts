@@ -26,6 +26,9 @@ const WINDOW = Math.min(1000, Math.floor(SNAPSHOTS / 4));
 const PAGE = 500;
 const writeDocs = !process.argv.includes('--no-docs');
 const CLI = path.join(repoRoot, 'dist', 'cli', 'main.js');
+// --profile DIR: the driver writes a V8 CPU profile there when it stops (one per start).
+const profileAt = process.argv.indexOf('--profile');
+const profileArgs = profileAt > 0 ? ['--cpu-prof', '--cpu-prof-dir', process.argv[profileAt + 1]] : [];
 
 // The bench is compiled apart from the driver, so the proto is found from the repository root.
 const services = (
@@ -59,7 +62,17 @@ async function startDriver(dir: string, socket: string): Promise<{ child: ChildP
   const t0 = performance.now();
   const child = spawn(
     process.execPath,
-    [CLI, 'serve', '--role', 'all', '--pool-dir', path.join(dir, 'pool'), '--endpoint', `unix://${socket}`],
+    [
+      ...profileArgs,
+      CLI,
+      'serve',
+      '--role',
+      'all',
+      '--pool-dir',
+      path.join(dir, 'pool'),
+      '--endpoint',
+      `unix://${socket}`,
+    ],
     { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, THINPOOL_LOG_LEVEL: 'warn' } },
   );
   children.add(child);

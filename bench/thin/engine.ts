@@ -37,7 +37,7 @@ async function mappedPool(dir: string, blocks: number): Promise<Pool> {
   await pool.close();
   const md = ThinMetadata.open(poolPaths(dir).metadata);
   for (let v = 0; v < blocks; v++) {
-    md.insertMapping(0, v, md.allocDataBlock());
+    md.insertMapping(0, v, md.dataSm.counts.allocate()!);
     if (v % 200_000 === 199_999) md.commit();
   }
   md.commit();
@@ -177,12 +177,12 @@ async function main(): Promise<void> {
       for (const n of [0, 1000, 10_000, 100_000].filter((k) => k < BIG_BLOCKS / 4)) {
         const id = 5000 + n;
         await big.createSnap(id, 0);
-        const md = big.md;
+        const md = big.metadata;
         const touched = new Set<number>();
         for (let i = 0; i < n; i++) {
           const v = place(i);
           touched.add(v);
-          md.insertMapping(id, v, md.allocDataBlock());
+          md.insertMapping(id, v, md.dataSm.counts.allocate()!);
         }
         await big.commit();
         const t0 = performance.now();

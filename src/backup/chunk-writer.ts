@@ -3,7 +3,8 @@
 // rename) in the background while the next one fills, so the disk writes back one pack while
 // the network fills the next. `finish` seals the last pack and fsyncs packs/ once: after it,
 // every chunk put is durable and a manifest may name it.
-import { CODEC_IDS, type Codec, encodeChunk, Repository } from './repository';
+import { CODEC_IDS, type Codec, encodeChunk } from './chunk-codec';
+import type { Repository } from './repository';
 import { RECORD_HEADER_BYTES } from './pack';
 import type { PackWriter, SealedPack } from './pack-writer';
 

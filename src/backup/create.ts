@@ -8,19 +8,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { logger } from '../log';
 import { CsiClient, packageFile } from './csi-client';
-import { NbdConnectionPool, parseNbdEndpoint } from './nbd-client';
+import { NbdConnectionPool, parseNbdEndpoint } from '../nbd/client';
 import { ChunkWriter } from './chunk-writer';
 import { HashPool } from './hash-pool';
 import { type Progress, silentProgress } from './progress';
 import { type ByteRange, type ReadRequest, cutOnGrid, groupReads, totalBytes } from './ranges';
-import {
-  type ChunkEntry,
-  type Codec,
-  type Manifest,
-  MANIFEST_FORMAT,
-  Repository,
-  newBackupId,
-} from './repository';
+import type { Codec } from './chunk-codec';
+import { type ChunkEntry, type Manifest, MANIFEST_FORMAT, Repository, newBackupId } from './repository';
 
 const log = logger('backup');
 

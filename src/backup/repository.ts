@@ -10,33 +10,25 @@
 // Every file is written to tmp/, fsynced, renamed, and its directory fsynced, so a crash or a
 // full disk leaves either the old state or the new one. A manifest is written only after all
 // its chunks are durable, so every manifest that exists refers to chunks that exist.
-import { createHash, randomBytes } from 'node:crypto';
+// Beside this file: the lock (repository-lock.ts), chunk naming and compression (chunk-codec.ts),
+// reading chunks back (chunk-read.ts), packs (pack.ts, pack-writer.ts).
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
-import zlib from 'node:zlib';
-import { type PackEntry, parseRecordHeader, RECORD_HEADER_BYTES, RECORD_MAGIC, readPackIndex } from './pack';
+import { fsyncDirAsync, writeFileAtomicAsync } from '../util/atomic-file';
+import { type ChunkLocation, readChunkAt, readRecordBytes } from './chunk-read';
+import { type Codec, sha256 } from './chunk-codec';
+import { type PackEntry, parseRecordHeader, RECORD_HEADER_BYTES, readPackIndex } from './pack';
 import { PackWriter, type SealedPack } from './pack-writer';
+import { ChunkError, RepositoryError } from './repository-errors';
+import { type RepositoryLock, takeLock } from './repository-lock';
 
 export const REPOSITORY_FORMAT = 'thinpool-backup-repository';
 export const MANIFEST_FORMAT = 'thinpool-backup';
 export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
 /** Version 2 stores chunks in packs; version 1 repositories are read and upgraded on write. */
 export const REPOSITORY_VERSION = 2;
-
-export type Codec = 'none' | 'deflate' | 'brotli';
-export const CODEC_IDS: Record<Codec, number> = { none: 0, deflate: 1, brotli: 2 };
-const CODEC_NAMES: Codec[] = ['none', 'deflate', 'brotli'];
-const CHUNK_MAGIC = RECORD_MAGIC; // "TPCK"
-/** Header of a version 1 chunk file. */
-const CHUNK_HEADER_BYTES = 8;
-
-const deflate = promisify(zlib.deflateRaw);
-const inflate = promisify(zlib.inflateRaw);
-const brotli = promisify(zlib.brotliCompress);
-const unbrotli = promisify(zlib.brotliDecompress);
 
 /** A chunk in a manifest: `[offset, length, sha256]`; an empty hash means the bytes are zeros. */
 export type ChunkEntry = [offset: number, length: number, sha256: string];
@@ -77,51 +69,6 @@ export interface RepositoryConfig {
   createdAt: string;
 }
 
-export class RepositoryError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'RepositoryError';
-  }
-}
-
-export class RepositoryLocked extends RepositoryError {}
-
-/** A chunk that is missing or whose contents do not match its name. */
-export class ChunkError extends RepositoryError {
-  constructor(
-    readonly sha256: string,
-    readonly file: string,
-    readonly problem: 'missing' | 'corrupt',
-    detail: string,
-  ) {
-    super(`chunk ${sha256} (${file}) is ${problem}: ${detail}`);
-  }
-}
-
-export function sha256(data: Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
-/** Compresses a chunk with `codec` (level/quality 1); data that does not shrink stays raw. */
-export async function encodeChunk(data: Buffer, codec: Codec): Promise<{ payload: Buffer; codec: Codec }> {
-  let payload = data;
-  if (codec === 'deflate') payload = await deflate(data, { level: 1 });
-  else if (codec === 'brotli')
-    payload = await brotli(data, { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 1 } });
-  return payload.length < data.length ? { payload, codec } : { payload: data, codec: 'none' };
-}
-
-async function decodeChunk(payload: Buffer, codecId: number): Promise<Buffer> {
-  const codec = CODEC_NAMES[codecId];
-  if (codec === 'none') return payload;
-  if (codec === 'deflate') return inflate(payload);
-  if (codec === 'brotli') return unbrotli(payload);
-  throw new Error(`unknown codec ${codecId}`);
-}
-
-/** Where a chunk is stored: a record in a pack, or (version 1) a file of its own. */
-export type ChunkLocation = { pack: string; entry: PackEntry } | { file: string };
-
 /** Backup ids sort by creation time: 20261122T050312Z-3fa9c1. */
 export function newBackupId(now = new Date()): string {
   const stamp = now
@@ -131,67 +78,12 @@ export function newBackupId(now = new Date()): string {
   return `${stamp}-${randomBytes(3).toString('hex')}`;
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await fsp.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Writes `data` to `file` atomically: temp file in `tmpDir`, fsync, rename, fsync the directory. */
-export async function writeFileDurably(
-  tmpDir: string,
-  file: string,
-  data: Buffer | string,
-  options: { syncDir?: boolean } = {},
-): Promise<void> {
-  const tmp = path.join(tmpDir, `${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}`);
-  const handle = await fsp.open(tmp, 'wx');
-  try {
-    await handle.writeFile(data);
-    await handle.datasync();
-  } finally {
-    await handle.close();
-  }
-  await fsp.rename(tmp, file);
-  if (options.syncDir !== false) await fsyncDir(path.dirname(file));
-}
-
 async function readdirIfAny(dir: string): Promise<string[]> {
   try {
     return await fsp.readdir(dir);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw e;
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-export interface LockInfo {
-  pid: number;
-  host: string;
-  command: string;
-  since: string;
-}
-
-export class RepositoryLock {
-  private released = false;
-  constructor(private readonly file: string) {}
-
-  async release(): Promise<void> {
-    if (this.released) return;
-    this.released = true;
-    await fsp.rm(this.file, { force: true });
   }
 }
 
@@ -244,7 +136,7 @@ export class Repository {
         createdAt: new Date().toISOString(),
       };
       try {
-        await writeFileDurably(path.join(dir, 'tmp'), file, JSON.stringify(config, null, 2) + '\n');
+        await writeFileAtomicAsync(file, JSON.stringify(config, null, 2) + '\n', path.join(dir, 'tmp'));
       } catch (e) {
         if (!fs.existsSync(file)) throw e;
       }
@@ -262,13 +154,10 @@ export class Repository {
   async upgradeForWriting(): Promise<void> {
     if (this.config.version === REPOSITORY_VERSION) return;
     await fsp.mkdir(this.packsDir, { recursive: true });
-    await fsyncDir(this.dir);
+    await fsyncDirAsync(this.dir);
     const config: RepositoryConfig = { ...this.config, version: REPOSITORY_VERSION };
-    await writeFileDurably(
-      this.tmpDir,
-      path.join(this.dir, 'repository.json'),
-      JSON.stringify(config, null, 2) + '\n',
-    );
+    const file = path.join(this.dir, 'repository.json');
+    await writeFileAtomicAsync(file, JSON.stringify(config, null, 2) + '\n', this.tmpDir);
     this.config = config;
   }
 
@@ -280,52 +169,12 @@ export class Repository {
     return path.join(this.dir, 'lock');
   }
 
-  /**
-   * Takes the writer lock. A lock left by a process of this host that no longer runs is taken
-   * over; anything else is a clear error naming the holder.
-   */
+  /** Takes the writer lock (see repository-lock.ts). */
   async lock(command: string): Promise<RepositoryLock> {
-    const info: LockInfo = {
-      pid: process.pid,
-      host: os.hostname(),
-      command,
-      since: new Date().toISOString(),
-    };
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        const handle = await fsp.open(this.lockFile, 'wx');
-        try {
-          await handle.writeFile(JSON.stringify(info) + '\n');
-          await handle.sync();
-        } finally {
-          await handle.close();
-        }
-        // We are the only writer: whatever is in tmp/ is debris from an interrupted run.
-        for (const f of await fsp.readdir(this.tmpDir))
-          await fsp.rm(path.join(this.tmpDir, f), { force: true });
-        return new RepositoryLock(this.lockFile);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
-      let holder: LockInfo | undefined;
-      try {
-        holder = JSON.parse(await fsp.readFile(this.lockFile, 'utf8')) as LockInfo;
-      } catch {
-        holder = undefined; // being written right now, or truncated by a crash
-      }
-      if (holder && holder.host === info.host && !processAlive(holder.pid) && attempt === 0) {
-        await fsp.rm(this.lockFile, { force: true });
-        continue;
-      }
-      const who = holder
-        ? `${holder.command} (pid ${holder.pid} on ${holder.host}, since ${holder.since})`
-        : 'another process';
-      throw new RepositoryLocked(
-        `repository ${this.dir} is locked by ${who}; wait for it to finish, or remove ` +
-          `${this.lockFile} if that process is gone`,
-      );
-    }
-    throw new RepositoryLocked(`repository ${this.dir}: could not take the lock`);
+    const lock = await takeLock(this.lockFile, this.dir, command);
+    // We are the only writer: whatever is in tmp/ is debris from an interrupted run.
+    for (const f of await fsp.readdir(this.tmpDir)) await fsp.rm(path.join(this.tmpDir, f), { force: true });
+    return lock;
   }
 
   get packsDir(): string {
@@ -384,7 +233,7 @@ export class Repository {
   }
 
   async syncPacksDir(): Promise<void> {
-    await fsyncDir(this.packsDir);
+    await fsyncDirAsync(this.packsDir);
   }
 
   /** Reads a chunk and checks it against its name; throws ChunkError otherwise. */
@@ -394,51 +243,10 @@ export class Repository {
       const damaged = this.unreadablePacks.length ? `; unreadable: ${this.unreadablePacks.join(', ')}` : '';
       throw new ChunkError(hash, this.packsDir, 'missing', `in no pack of the repository${damaged}`);
     }
-    const data = 'file' in at ? await this.readChunkFile(hash, at.file) : await this.readPackRecord(hash, at);
+    const data = await readChunkAt(hash, at);
     if (sha256(data) !== hash)
       throw new ChunkError(hash, 'file' in at ? at.file : at.pack, 'corrupt', 'SHA-256 does not match');
     return data;
-  }
-
-  private async readPackRecord(hash: string, at: { pack: string; entry: PackEntry }): Promise<Buffer> {
-    const length = RECORD_HEADER_BYTES + at.entry.storedBytes;
-    const raw = Buffer.allocUnsafe(length);
-    let got: number;
-    try {
-      const handle = await fsp.open(at.pack, 'r');
-      try {
-        got = (await handle.read(raw, 0, length, at.entry.offset)).bytesRead;
-      } finally {
-        await handle.close();
-      }
-    } catch (e) {
-      throw new ChunkError(hash, at.pack, 'missing', (e as Error).message);
-    }
-    const where = `${at.pack} at ${at.entry.offset}`;
-    const head = parseRecordHeader(raw.subarray(0, got));
-    if (got < length || !head || head.hash !== hash || head.payloadBytes !== at.entry.storedBytes)
-      throw new ChunkError(hash, at.pack, 'corrupt', `bad record header (${where})`);
-    try {
-      return await decodeChunk(raw.subarray(RECORD_HEADER_BYTES), head.codecId);
-    } catch (e) {
-      throw new ChunkError(hash, at.pack, 'corrupt', `${(e as Error).message} (${where})`);
-    }
-  }
-
-  private async readChunkFile(hash: string, file: string): Promise<Buffer> {
-    let raw: Buffer;
-    try {
-      raw = await fsp.readFile(file);
-    } catch (e) {
-      throw new ChunkError(hash, file, 'missing', (e as Error).message);
-    }
-    if (raw.length < CHUNK_HEADER_BYTES || raw.readUInt32BE(0) !== CHUNK_MAGIC || raw.readUInt8(4) !== 1)
-      throw new ChunkError(hash, file, 'corrupt', 'bad chunk header');
-    try {
-      return await decodeChunk(raw.subarray(CHUNK_HEADER_BYTES), raw.readUInt8(5));
-    } catch (e) {
-      throw new ChunkError(hash, file, 'corrupt', (e as Error).message);
-    }
   }
 
   manifestPath(id: string): string {
@@ -446,7 +254,7 @@ export class Repository {
   }
 
   async writeManifest(manifest: Manifest): Promise<void> {
-    await writeFileDurably(this.tmpDir, this.manifestPath(manifest.id), JSON.stringify(manifest) + '\n');
+    await writeFileAtomicAsync(this.manifestPath(manifest.id), JSON.stringify(manifest) + '\n', this.tmpDir);
   }
 
   async readManifest(id: string): Promise<Manifest> {
@@ -503,7 +311,7 @@ export class Repository {
     const all = await this.listManifests();
     const order = all.filter((m) => ids.includes(m.id)).reverse();
     for (const m of order) await fsp.rm(this.manifestPath(m.id));
-    await fsyncDir(path.join(this.dir, 'backups'));
+    await fsyncDirAsync(path.join(this.dir, 'backups'));
   }
 
   /** Hashes of version 1 chunk files. */
@@ -554,7 +362,7 @@ export class Repository {
       if (keep.length) {
         const writer = await this.newPack();
         for (const e of keep) {
-          const raw = await this.readRecordBytes(pack, e);
+          const raw = await readRecordBytes(pack, e);
           const head = parseRecordHeader(raw)!;
           await writer.append(e.hash, head.codecId, raw.subarray(RECORD_HEADER_BYTES), e.rawBytes);
         }
@@ -570,17 +378,6 @@ export class Repository {
     }
     await this.syncPacksDir().catch(() => undefined);
     return { chunks, bytes };
-  }
-
-  private async readRecordBytes(pack: string, entry: PackEntry): Promise<Buffer> {
-    const handle = await fsp.open(pack, 'r');
-    try {
-      const out = Buffer.alloc(RECORD_HEADER_BYTES + entry.storedBytes);
-      await handle.read(out, 0, out.length, entry.offset);
-      return out;
-    } finally {
-      await handle.close();
-    }
   }
 
   /** Checks that chains are complete and that every referenced chunk is present and intact. */

@@ -7,10 +7,11 @@ import fsp from 'node:fs/promises';
 import { logger } from '../log';
 import { AbortedError, defaultNodeId, forEachParallel } from './create';
 import { CsiClient } from './csi-client';
-import { NbdConnectionPool, parseNbdEndpoint } from './nbd-client';
+import { NbdConnectionPool, parseNbdEndpoint } from '../nbd/client';
 import { type Progress, silentProgress } from './progress';
 import { type ByteRange, Coverage } from './ranges';
-import { type Manifest, Repository, RepositoryError } from './repository';
+import { type Manifest, Repository } from './repository';
+import { RepositoryError } from './repository-errors';
 
 const log = logger('backup');
 

@@ -10,6 +10,7 @@ import { startMetricsServer } from '../metrics/http';
 import { registerNbdServerMetrics } from '../metrics/nbd-metrics';
 import { registerPoolMetrics } from '../metrics/pool-metrics';
 import type http from 'node:http';
+import { formatHostPort, parseHostPort } from '../util/host-port';
 import { describeEndpoint, grpcAddress, parseCsiEndpoint } from './endpoint';
 import { type DriverConfig, runsController, runsNode } from './config';
 import { ControllerService } from './controller';
@@ -40,10 +41,9 @@ export class Driver {
   /** Binds the CSI socket first (Probe answers "not ready"), then opens the pool. */
   async start(options: { openPool?: boolean } = {}): Promise<void> {
     if (this.config.metricsListen) {
-      const m = /^(.*):(\d+)$/.exec(this.config.metricsListen);
-      if (!m) throw new RangeError(`--metrics-listen "${this.config.metricsListen}" is not host:port`);
+      const at = parseHostPort(this.config.metricsListen, '--metrics-listen');
       registerPoolMetrics(this.config.poolName, () => this.pool);
-      const started = await startMetricsServer({ host: m[1], port: Number(m[2]), healthy: () => this.ready });
+      const started = await startMetricsServer({ ...at, healthy: () => this.ready });
       this.metrics = started.server;
       this.metricsPort = started.port;
     }
@@ -100,7 +100,7 @@ export class Driver {
     const grants = new ExportGrants(
       this.nbd!,
       this.pool!,
-      `${this.config.nbdAdvertiseHost}:${this.nbdPort}`,
+      formatHostPort({ host: this.config.nbdAdvertiseHost, port: this.nbdPort }),
       this.config.maxVolumeBytes,
     );
     const ctl = new ControllerService(this.config, store, grants);

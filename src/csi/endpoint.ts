@@ -2,18 +2,17 @@
 // `unix:/csi/csi.sock` or a bare path) or TCP (`tcp://host:port`, for a node plugin reached
 // through a port forward, as in the VM tests).
 import path from 'node:path';
+import { formatHostPort, parseHostPort } from '../util/host-port';
 
 export type CsiEndpoint = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number };
 
 export function parseCsiEndpoint(endpoint: string): CsiEndpoint {
   if (endpoint.startsWith('tcp://')) {
-    const rest = endpoint.slice('tcp://'.length).replace(/\/$/, '');
-    const cut = rest.lastIndexOf(':');
-    const host = rest.slice(0, cut).replace(/^\[|\]$/g, '');
-    const port = Number(rest.slice(cut + 1));
-    if (cut <= 0 || !host || !Number.isInteger(port) || port < 0 || port > 65535)
+    try {
+      return { kind: 'tcp', ...parseHostPort(endpoint.slice('tcp://'.length).replace(/\/$/, '')) };
+    } catch {
       throw new RangeError(`CSI endpoint ${endpoint}: expected tcp://host:port`);
-    return { kind: 'tcp', host, port };
+    }
   }
   const file = endpoint.startsWith('unix:') ? endpoint.replace(/^unix:(\/\/)?/, '') : endpoint;
   if (!file || /^[a-z]+:\/\//.test(file))
@@ -24,9 +23,7 @@ export function parseCsiEndpoint(endpoint: string): CsiEndpoint {
 /** The address gRPC binds or dials for an endpoint. */
 export function grpcAddress(endpoint: CsiEndpoint): string {
   if (endpoint.kind === 'unix') return `unix://${endpoint.path}`;
-  return endpoint.host.includes(':')
-    ? `[${endpoint.host}]:${endpoint.port}`
-    : `${endpoint.host}:${endpoint.port}`;
+  return formatHostPort(endpoint);
 }
 
 /** For logs and errors. */

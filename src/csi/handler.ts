@@ -4,21 +4,25 @@
 import * as grpc from '@grpc/grpc-js';
 import { logger } from '../log';
 import { recordCsiRequest } from '../metrics/registry';
+import { redactExportName } from '../util/export-name';
 import { aborted, toStatus } from './errors';
+import { CTX_EXPORT, CTX_GROWABLE_EXPORT } from './exports';
 
 const log = logger('csi');
 
 const SECRET_FIELDS = new Set(['secrets', 'mount_flags']);
-const SECRET_CONTEXT_KEYS = new Set(['export', 'growableExport']);
+/** publish_context values that are export names: logged without their grant secret. */
+const EXPORT_CONTEXT_KEYS = new Set([CTX_EXPORT, CTX_GROWABLE_EXPORT]);
 
-/** A copy of a request that is safe to log: secrets, mount flags and NBD grants are masked. */
+/** A copy of a request that is safe to log: secrets and mount flags masked, NBD grants cut. */
 export function redact(value: unknown, key = ''): unknown {
   if (Array.isArray(value))
     return SECRET_FIELDS.has(key) ? value.map(() => '***') : value.map((v) => redact(v));
   if (value === null || typeof value !== 'object') return value;
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
-    if (key === 'publish_context' && SECRET_CONTEXT_KEYS.has(k)) out[k] = '***';
+    if (key === 'publish_context' && EXPORT_CONTEXT_KEYS.has(k))
+      out[k] = typeof v === 'string' ? redactExportName(v) : '***';
     else if (SECRET_FIELDS.has(k) && v && typeof v === 'object' && !Array.isArray(v))
       out[k] = Object.fromEntries(Object.keys(v).map((name) => [name, '***']));
     else out[k] = redact(v, k);

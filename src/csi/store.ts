@@ -3,6 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import type { PageOptions } from '../thin/catalogue';
 import type { DeviceInfo, Pool } from '../thin/pool';
+import { SerialQueue } from '../util/serial-queue';
 import { invalidArgument } from './errors';
 
 export const LABEL_KIND = 'csi.kind';
@@ -34,18 +35,9 @@ export function parseId(id: string): ParsedId | undefined {
   return { pool: m[1], deviceId: Number(m[2]), uid: m[3] };
 }
 
-/** Runs functions one at a time (device id choice and creation must not interleave). */
-export class Serial {
-  private tail: Promise<unknown> = Promise.resolve();
-  run<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.tail.then(fn, fn);
-    this.tail = next.catch(() => undefined);
-    return next;
-  }
-}
-
 export class Store {
-  readonly deviceSet = new Serial();
+  /** Device id choice and creation must not interleave. */
+  readonly deviceSet = new SerialQueue();
 
   constructor(
     readonly pool: Pool,

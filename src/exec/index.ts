@@ -2,6 +2,7 @@
 // execFile with an argument array (never a shell), logged, with failures as typed errors.
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import type { Readable } from 'node:stream';
 import { logger } from '../log';
 
 const log = logger('exec');
@@ -97,33 +98,22 @@ export function run(command: string, args: string[], options: RunOptions = {}): 
   });
 }
 
-/** Runs a program whose stdout is JSON (e.g. `findmnt -J`, `losetup -J`) and parses it. */
-export async function runJson<T>(command: string, args: string[], options: RunOptions = {}): Promise<T> {
-  const result = await run(command, args, options);
-  try {
-    return JSON.parse(result.stdout) as T;
-  } catch (e) {
-    throw new ExecError(
-      command,
-      args,
-      0,
-      result.stderr,
-      result.stdout,
-      `unparsable JSON output: ${(e as Error).message}`,
-    );
-  }
-}
+/**
+ * How a detached program says it is ready: a condition polled every 50 ms, or `'fd3'`: it is
+ * given a pipe as descriptor 3 and is ready once it writes a line there.
+ */
+export type Readiness = (() => boolean) | 'fd3';
 
 /**
  * Starts a long-lived helper (e.g. nbdfuse) in its own session so that it outlives this
- * process, and resolves with its pid once `ready()` holds. Its stderr goes to `logFile`.
+ * process, and resolves with its pid once it is ready. Its stdout and stderr go to `logFile`.
  */
 export async function spawnDetached(
   command: string,
   args: string[],
   options: {
     logFile: string;
-    ready: () => boolean;
+    ready: Readiness;
     timeoutMs?: number;
     env?: Record<string, string>;
     secrets?: string[];
@@ -134,7 +124,7 @@ export async function spawnDetached(
   const out = fs.openSync(options.logFile, 'a');
   const child = spawn(command, args, {
     detached: true,
-    stdio: ['ignore', out, out],
+    stdio: ['ignore', out, out, ...(options.ready === 'fd3' ? (['pipe'] as const) : [])],
     env: environment(options.env),
   });
   fs.closeSync(out);
@@ -143,38 +133,38 @@ export async function spawnDetached(
   child.on('exit', (code, signal) => (exit = { code, signal }));
   child.on('error', (e) => (spawnError = e));
   child.unref();
+  const readyPipe = options.ready === 'fd3' ? (child.stdio[3] as Readable) : undefined;
+  let signalled = false;
+  readyPipe?.on('data', (chunk: Buffer) => (signalled ||= chunk.includes('\n')));
+  readyPipe?.on('error', () => undefined); // an exit is reported below, with the log's tail
+  const ready = options.ready === 'fd3' ? () => signalled : options.ready;
   const deadline = Date.now() + (options.timeoutMs ?? 20_000);
-  for (;;) {
-    if (spawnError)
-      throw new ExecError(command, shown, null, '', '', `could not run (${spawnError.message})`);
-    if (exit) {
-      const stderr = fs.existsSync(options.logFile)
-        ? scrub(fs.readFileSync(options.logFile, 'utf8').slice(-2000), options.secrets)
-        : '';
-      throw new ExecError(
-        command,
-        shown,
-        exit.code,
-        stderr,
-        '',
-        `exited early (${exit.code ?? exit.signal})`,
-      );
-    }
-    if (options.ready()) return child.pid!;
-    if (Date.now() > deadline) {
-      child.kill('SIGTERM');
-      throw new ExecError(command, shown, null, '', '', 'did not become ready in time');
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
-/** True if a process with this pid exists. */
-export function processAlive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
+    for (;;) {
+      if (spawnError)
+        throw new ExecError(command, shown, null, '', '', `could not run (${spawnError.message})`);
+      if (exit) {
+        const stderr = fs.existsSync(options.logFile)
+          ? scrub(fs.readFileSync(options.logFile, 'utf8').slice(-2000), options.secrets)
+          : '';
+        throw new ExecError(
+          command,
+          shown,
+          exit.code,
+          stderr,
+          '',
+          `exited early (${exit.code ?? exit.signal})`,
+        );
+      }
+      if (ready()) return child.pid!;
+      if (Date.now() > deadline) {
+        child.kill('SIGTERM');
+        throw new ExecError(command, shown, null, '', '', 'did not become ready in time');
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  } finally {
+    // Our end of the pipe would keep this process's event loop alive.
+    readyPipe?.destroy();
   }
 }

@@ -10,7 +10,8 @@
 // allocations under 1 MiB writes (each read after a header takes up to 64 KiB of payload), and
 // the mark-compact collections they triggered took 10% of a thin-pool server's CPU.
 //
-// Node offers `onread` only to sockets it creates for us, not to accepted ones, so the accepted
+// The NBD client (nbd/client) creates its sockets with these reads from the start. Node offers
+// `onread` only to sockets it creates for us, not to accepted ones, so the accepted
 // socket's handle is moved to a new Socket built with `onread`. That touches the documented-in-
 // practice but private `_handle`; when it is missing (or is not a stream handle that can take a
 // user buffer) `adoptWithDirectReceive` returns undefined and the ordinary path is used.
@@ -58,6 +59,21 @@ export function adoptWithDirectReceive(socket: net.Socket, target: ReceiveTarget
   ) {
     return undefined;
   }
+  owner._handle = null;
+  // `handle` is how Node itself builds accepted sockets; the typings leave it out.
+  const options: net.SocketConstructorOpts & net.ConnectOpts & { handle: unknown } = {
+    handle,
+    allowHalfOpen: socket.allowHalfOpen,
+    onread: directReceiveReads(target),
+  };
+  const adopted = new net.Socket(options);
+  // The old object no longer owns the connection: retiring it only updates its server's count.
+  socket.destroy();
+  return adopted;
+}
+
+/** The `onread` option of a socket whose reads go where `target` says (for sockets we create). */
+export function directReceiveReads(target: ReceiveTarget): net.OnReadOpts {
   let slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
   let slabUsed = 0;
   let lastWasSink = false;
@@ -75,27 +91,17 @@ export function adoptWithDirectReceive(socket: net.Socket, target: ReceiveTarget
     }
     return slab.subarray(slabUsed, Math.min(slab.length, slabUsed + MAX_SLAB_READ_BYTES));
   };
-  owner._handle = null;
-  // `handle` is how Node itself builds accepted sockets; the typings leave it out.
-  const options: net.SocketConstructorOpts & net.ConnectOpts & { handle: unknown } = {
-    handle,
-    allowHalfOpen: socket.allowHalfOpen,
-    onread: {
-      buffer: nextBuffer,
-      callback: (bytes: number) => {
-        if (lastWasSink) {
-          target.sinkFilled(bytes);
-        } else {
-          const view = slab.subarray(slabUsed, slabUsed + bytes);
-          slabUsed += bytes;
-          target.slabData(view);
-        }
-        return true;
-      },
+  return {
+    buffer: nextBuffer,
+    callback: (bytes: number) => {
+      if (lastWasSink) {
+        target.sinkFilled(bytes);
+      } else {
+        const view = slab.subarray(slabUsed, slabUsed + bytes);
+        slabUsed += bytes;
+        target.slabData(view);
+      }
+      return true;
     },
   };
-  const adopted = new net.Socket(options);
-  // The old object no longer owns the connection: retiring it only updates its server's count.
-  socket.destroy();
-  return adopted;
 }

@@ -1,13 +1,4 @@
-import {
-  NBD_EINVAL,
-  NBD_EIO,
-  NBD_ENOMEM,
-  NBD_ENOSPC,
-  NBD_ENOTSUP,
-  NBD_EOVERFLOW,
-  NBD_EPERM,
-  NBD_ESHUTDOWN,
-} from './protocol';
+import { errorByName, NBD_EINVAL, NBD_EIO, NBD_ENOSPC, NBD_ENOTSUP, NBD_EPERM } from './protocol';
 
 /** The peer broke a MUST of the protocol: its connection is dropped, nobody else is affected. */
 export class ProtocolError extends Error {
@@ -28,20 +19,19 @@ export class NbdCommandError extends Error {
   }
 }
 
-const byCode: Record<string, number> = {
-  ENOSPC: NBD_ENOSPC,
+/** Node error codes that are not NBD error names but mean one (the names map to themselves). */
+const aliases: Record<string, number> = {
   EDQUOT: NBD_ENOSPC,
   EFBIG: NBD_ENOSPC,
-  EPERM: NBD_EPERM,
   EACCES: NBD_EPERM,
   EROFS: NBD_EPERM,
-  EINVAL: NBD_EINVAL,
-  ENOMEM: NBD_ENOMEM,
-  ESHUTDOWN: NBD_ESHUTDOWN,
-  EOVERFLOW: NBD_EOVERFLOW,
-  ENOTSUP: NBD_ENOTSUP,
   EOPNOTSUPP: NBD_ENOTSUP,
 };
+
+function byCode(code: unknown): number | undefined {
+  if (typeof code !== 'string') return undefined;
+  return Object.hasOwn(aliases, code) ? aliases[code] : errorByName(code);
+}
 
 /**
  * Maps an error thrown by a BlockDevice (or by our own validation) to an NBD error value.
@@ -50,10 +40,10 @@ const byCode: Record<string, number> = {
 export function nbdErrorOf(error: unknown): number {
   if (error instanceof NbdCommandError) return error.nbdError;
   if (error instanceof RangeError) return NBD_EINVAL;
-  const code = (error as NodeJS.ErrnoException | undefined)?.code;
-  if (typeof code === 'string' && code in byCode) return byCode[code];
-  // Devices that name their errno as a string (`errno: 'ENOSPC'`; Node's own errno is a number).
-  const errno = (error as { errno?: unknown } | undefined)?.errno;
-  if (typeof errno === 'string' && errno in byCode) return byCode[errno];
-  return NBD_EIO;
+  // Devices may also name their errno as a string (`errno: 'ENOSPC'`; Node's own is a number).
+  return (
+    byCode((error as NodeJS.ErrnoException | undefined)?.code) ??
+    byCode((error as { errno?: unknown } | undefined)?.errno) ??
+    NBD_EIO
+  );
 }

@@ -4,7 +4,17 @@ import type { ClientIdentity, ExportDefinition, ExportRegistry } from './exports
 import { ProtocolError } from './errors';
 import { contextNames, matchContexts, type SelectedContext } from './meta-context';
 import * as P from './protocol';
-import { writeU64 } from './replies';
+import {
+  decodeOptionHeader,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeMetaContextReply,
+  encodeOptionReply,
+  encodeServerReply,
+} from './wire';
 import type { TlsMode } from './tls';
 
 /** The socket side of the handshake, so this module never touches sockets or TLS itself. */
@@ -40,6 +50,7 @@ export interface Session {
 export const MAX_OPTION_BYTES = 64 * 1024;
 
 const INFO_REQUEST_MIN_BYTES = 6;
+const CLIENT_FLAGS_BYTES = 4;
 const MAX_WARNINGS_PER_CONNECTION = 3;
 
 /** Transmission flags for an export given what has been negotiated so far. */
@@ -107,15 +118,9 @@ export class Handshake {
 
   /** Resolves with the session, or undefined when the client aborted. Throws ProtocolError. */
   async run(): Promise<Session | undefined> {
-    const greeting = Buffer.alloc(P.SERVER_GREETING_BYTES);
-    greeting.writeUInt32BE(P.NBDMAGIC_HI, 0);
-    greeting.writeUInt32BE(P.NBDMAGIC_LO, 4);
-    greeting.writeUInt32BE(P.IHAVEOPT_HI, 8);
-    greeting.writeUInt32BE(P.IHAVEOPT_LO, 12);
-    greeting.writeUInt16BE(P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES, 16);
-    this.io.write(greeting);
+    this.io.write(encodeGreeting(P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES));
 
-    const clientFlags = (await this.io.read(4)).readUInt32BE(0);
+    const clientFlags = (await this.io.read(CLIENT_FLAGS_BYTES)).readUInt32BE(0);
     if (clientFlags & ~(P.NBD_FLAG_C_FIXED_NEWSTYLE | P.NBD_FLAG_C_NO_ZEROES)) {
       throw new ProtocolError(`unknown client flags 0x${clientFlags.toString(16)}`);
     }
@@ -125,12 +130,9 @@ export class Handshake {
     this.noZeroes = (clientFlags & P.NBD_FLAG_C_NO_ZEROES) !== 0;
 
     for (;;) {
-      const header = await this.io.read(P.OPTION_HEADER_BYTES);
-      if (header.readUInt32BE(0) !== P.IHAVEOPT_HI || header.readUInt32BE(4) !== P.IHAVEOPT_LO) {
-        throw new ProtocolError('bad option magic');
-      }
-      const option = header.readUInt32BE(8);
-      const length = header.readUInt32BE(12);
+      const header = decodeOptionHeader(await this.io.read(P.OPTION_HEADER_BYTES));
+      if (!header) throw new ProtocolError('bad option magic');
+      const { option, length } = header;
       if (length > MAX_OPTION_BYTES) {
         await this.io.discard(length);
         if (option === P.NBD_OPT_EXPORT_NAME) throw new ProtocolError('EXPORT_NAME too long');
@@ -199,22 +201,14 @@ export class Handshake {
     const lookup = this.registry.lookup(data.toString('utf8'), this.identity);
     if (lookup.kind !== 'ok') throw new ProtocolError(`EXPORT_NAME refused: ${lookup.kind}`);
     const session = this.session(lookup.export, 'EXPORT_NAME');
-    const reply = Buffer.alloc(P.EXPORT_NAME_REPLY_BYTES + (this.noZeroes ? 0 : P.EXPORT_NAME_ZEROES_BYTES));
-    writeU64(reply, session.sizeBytes, 0);
-    reply.writeUInt16BE(session.transmissionFlags, 8);
-    this.io.write(reply);
+    this.io.write(encodeExportNameReply(session.sizeBytes, session.transmissionFlags, !this.noZeroes));
     return session;
   }
 
   private list(data: Buffer): void {
     if (data.length !== 0) throw new InvalidOption('LIST takes no data');
     for (const definition of this.registry.listVisible(this.identity)) {
-      const name = Buffer.from(definition.name, 'utf8');
-      const description = Buffer.from(definition.description ?? '', 'utf8');
-      const payload = Buffer.alloc(4 + name.length + description.length);
-      payload.writeUInt32BE(name.length, 0);
-      name.copy(payload, 4);
-      description.copy(payload, 4 + name.length);
+      const payload = encodeServerReply(definition.name, definition.description ?? '');
       this.reply(P.NBD_OPT_LIST, P.NBD_REP_SERVER, payload);
     }
     this.reply(P.NBD_OPT_LIST, P.NBD_REP_ACK);
@@ -230,7 +224,7 @@ export class Handshake {
       this.error(P.NBD_OPT_STARTTLS, P.NBD_REP_ERR_INVALID, 'TLS already active');
       return;
     }
-    this.identity = await this.io.startTls(optionReply(P.NBD_OPT_STARTTLS, P.NBD_REP_ACK));
+    this.identity = await this.io.startTls(encodeOptionReply(P.NBD_OPT_STARTTLS, P.NBD_REP_ACK));
     this.tlsActive = true;
     // Everything negotiated in clear is forgotten, so a man in the middle can't plant it.
     this.structuredReplies = false;
@@ -263,24 +257,16 @@ export class Handshake {
     const definition = lookup.export;
     const session = this.session(definition, 'GO');
 
-    const exportInfo = Buffer.alloc(12);
-    exportInfo.writeUInt16BE(P.NBD_INFO_EXPORT, 0);
-    writeU64(exportInfo, session.sizeBytes, 2);
-    exportInfo.writeUInt16BE(session.transmissionFlags, 10);
-    this.reply(option, P.NBD_REP_INFO, exportInfo);
+    this.reply(option, P.NBD_REP_INFO, encodeInfoExport(session.sizeBytes, session.transmissionFlags));
     if (requested.has(P.NBD_INFO_NAME)) {
       // Echo the name as asked: it is the client's own secret, and reconnecting with it works.
-      this.reply(option, P.NBD_REP_INFO, infoString(P.NBD_INFO_NAME, name));
+      this.reply(option, P.NBD_REP_INFO, encodeInfoString(P.NBD_INFO_NAME, name));
     }
     if (requested.has(P.NBD_INFO_DESCRIPTION) && definition.description) {
-      this.reply(option, P.NBD_REP_INFO, infoString(P.NBD_INFO_DESCRIPTION, definition.description));
+      this.reply(option, P.NBD_REP_INFO, encodeInfoString(P.NBD_INFO_DESCRIPTION, definition.description));
     }
     // Always sent: clients that did not ask may ignore it, and we cope with their defaults.
-    const blockSize = Buffer.alloc(14);
-    blockSize.writeUInt16BE(P.NBD_INFO_BLOCK_SIZE, 0);
-    blockSize.writeUInt32BE(P.MIN_BLOCK_BYTES, 2);
-    blockSize.writeUInt32BE(P.PREFERRED_BLOCK_BYTES, 6);
-    blockSize.writeUInt32BE(P.MAX_PAYLOAD_BYTES, 10);
+    const blockSize = encodeInfoBlockSize(P.MIN_BLOCK_BYTES, P.PREFERRED_BLOCK_BYTES, P.MAX_PAYLOAD_BYTES);
     this.reply(option, P.NBD_REP_INFO, blockSize);
     this.reply(option, P.NBD_REP_ACK);
     return option === P.NBD_OPT_GO ? session : 'continue';
@@ -347,11 +333,7 @@ export class Handshake {
     for (const context of chosen) {
       const id = isSet ? selected.length + 1 : 0;
       selected.push({ id, name: context });
-      const contextBytes = Buffer.from(context, 'utf8');
-      const payload = Buffer.alloc(4 + contextBytes.length);
-      payload.writeUInt32BE(id, 0);
-      contextBytes.copy(payload, 4);
-      this.reply(option, P.NBD_REP_META_CONTEXT, payload);
+      this.reply(option, P.NBD_REP_META_CONTEXT, encodeMetaContextReply(id, context));
     }
     if (isSet) {
       this.metaExport = lookup.export;
@@ -384,30 +366,10 @@ export class Handshake {
   }
 
   private reply(option: number, type: number, payload?: Buffer): void {
-    this.io.write(optionReply(option, type, payload));
+    this.io.write(encodeOptionReply(option, type, payload));
   }
 
   private error(option: number, type: number, message: string): void {
     this.reply(option, type, Buffer.from(message, 'utf8'));
   }
-}
-
-function optionReply(option: number, type: number, payload?: Buffer): Buffer {
-  const length = payload?.length ?? 0;
-  const frame = Buffer.allocUnsafe(P.OPTION_REPLY_HEADER_BYTES + length);
-  frame.writeUInt32BE(P.OPTION_REPLY_MAGIC_HI, 0);
-  frame.writeUInt32BE(P.OPTION_REPLY_MAGIC_LO, 4);
-  frame.writeUInt32BE(option, 8);
-  frame.writeUInt32BE(type, 12);
-  frame.writeUInt32BE(length, 16);
-  payload?.copy(frame, P.OPTION_REPLY_HEADER_BYTES);
-  return frame;
-}
-
-function infoString(type: number, text: string): Buffer {
-  const bytes = Buffer.from(text, 'utf8');
-  const payload = Buffer.alloc(2 + bytes.length);
-  payload.writeUInt16BE(type, 0);
-  bytes.copy(payload, 2);
-  return payload;
 }

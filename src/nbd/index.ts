@@ -8,4 +8,4 @@ export {
   type MetaContextProvider,
 } from './exports';
 export type { TlsMode, TlsSettings } from './tls';
-export type { ReadIntoDevice, WriteVectoredDevice } from './transmission';
+export type { ReadIntoDevice, WriteVectoredDevice } from './device-io';

@@ -126,6 +126,11 @@ export const EXTENDED_REQUEST_BYTES = 32;
 export const SIMPLE_REPLY_BYTES = 16;
 export const STRUCTURED_REPLY_BYTES = 20;
 export const EXTENDED_REPLY_BYTES = 32;
+/** A request or reply starts with a u32 magic that says which header follows. */
+export const MAGIC_BYTES = 4;
+/** Fixed parts of chunk payloads: OFFSET_DATA's u64 offset; OFFSET_HOLE's offset and u32 size. */
+export const OFFSET_DATA_PREFIX_BYTES = 8;
+export const OFFSET_HOLE_BYTES = 12;
 
 // Limits the specification sets or recommends.
 export const MAX_STRING_BYTES = 4096;
@@ -165,6 +170,55 @@ const commandNames: Record<number, string> = {
   [NBD_CMD_BLOCK_STATUS]: 'BLOCK_STATUS',
   [NBD_CMD_RESIZE]: 'RESIZE',
 };
+
+const errorNames: Record<number, string> = {
+  [NBD_EPERM]: 'EPERM',
+  [NBD_EIO]: 'EIO',
+  [NBD_ENOMEM]: 'ENOMEM',
+  [NBD_EINVAL]: 'EINVAL',
+  [NBD_ENOSPC]: 'ENOSPC',
+  [NBD_EOVERFLOW]: 'EOVERFLOW',
+  [NBD_ENOTSUP]: 'ENOTSUP',
+  [NBD_ESHUTDOWN]: 'ESHUTDOWN',
+};
+
+const errorsByName: Record<string, number> = Object.fromEntries(
+  Object.entries(errorNames).map(([value, name]) => [name, Number(value)]),
+);
+
+/** Why an option failed, by option reply error type (for messages a user reads). */
+const optionErrorReasons: Record<number, string> = {
+  [NBD_REP_ERR_UNSUP]: 'unsupported',
+  [NBD_REP_ERR_POLICY]: 'refused by policy (access denied)',
+  [NBD_REP_ERR_INVALID]: 'invalid',
+  [NBD_REP_ERR_PLATFORM]: 'not available on this platform',
+  [NBD_REP_ERR_TLS_REQD]: 'TLS required',
+  [NBD_REP_ERR_UNKNOWN]: 'unknown export',
+  [NBD_REP_ERR_SHUTDOWN]: 'server shutting down',
+  [NBD_REP_ERR_BLOCK_SIZE_REQD]: 'block size negotiation required',
+  [NBD_REP_ERR_TOO_BIG]: 'request too big',
+  [NBD_REP_ERR_EXT_HEADER_REQD]: 'extended headers required',
+};
+
+/** Name of a transmission error value (`EPERM`), or `errno N` for one the protocol does not define. */
+export function errorName(error: number): string {
+  return errorNames[error] ?? `errno ${error}`;
+}
+
+/** The transmission error value named `name` (`ENOSPC`), if the protocol defines it. */
+export function errorByName(name: string): number | undefined {
+  return Object.hasOwn(errorsByName, name) ? errorsByName[name] : undefined;
+}
+
+/** Whether an option reply type is an error (bit 31 set). */
+export function isOptionError(type: number): boolean {
+  return type >= 0x80000000;
+}
+
+/** What an option reply error means, e.g. `unknown export`. */
+export function optionErrorReason(type: number): string {
+  return optionErrorReasons[type] ?? `error 0x${type.toString(16)}`;
+}
 
 /** Human name of an option code, for logs. */
 export function optionName(option: number): string {

@@ -1,5 +1,6 @@
 // Encoders for transmission replies: simple, structured (20-byte) and extended (32-byte) headers.
 import * as P from './protocol';
+import { writeU64 } from './wire';
 
 /** The parts of a request every reply echoes. */
 export interface ReplyTarget {
@@ -63,7 +64,15 @@ export function dataChunkHeader(
   dataBytes: number,
 ): Buffer {
   const flags = done ? P.NBD_REPLY_FLAG_DONE : 0;
-  const { frame, at } = chunkHeader(extended, target, flags, P.NBD_REPLY_TYPE_OFFSET_DATA, 8 + dataBytes, 8);
+  const prefix = P.OFFSET_DATA_PREFIX_BYTES;
+  const { frame, at } = chunkHeader(
+    extended,
+    target,
+    flags,
+    P.NBD_REPLY_TYPE_OFFSET_DATA,
+    prefix + dataBytes,
+    prefix,
+  );
   writeU64(frame, offset, at);
   return frame;
 }
@@ -76,7 +85,8 @@ export function holeChunk(
   bytes: number,
 ): Buffer {
   const flags = done ? P.NBD_REPLY_FLAG_DONE : 0;
-  const { frame, at } = chunkHeader(extended, target, flags, P.NBD_REPLY_TYPE_OFFSET_HOLE, 12, 12);
+  const size = P.OFFSET_HOLE_BYTES;
+  const { frame, at } = chunkHeader(extended, target, flags, P.NBD_REPLY_TYPE_OFFSET_HOLE, size, size);
   writeU64(frame, offset, at);
   frame.writeUInt32BE(bytes, at + 8);
   return frame;
@@ -135,10 +145,4 @@ export function blockStatusChunk(
     position += 8;
   }
   return frame;
-}
-
-/** Writes a non-negative safe integer as a big-endian u64. */
-export function writeU64(buffer: Buffer, value: number, offset: number): void {
-  buffer.writeUInt32BE(Math.floor(value / 0x100000000), offset);
-  buffer.writeUInt32BE(value >>> 0, offset + 4);
 }

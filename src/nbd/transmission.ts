@@ -2,14 +2,16 @@
 // export's BlockDevice, and answer each as soon as it completes (out of order).
 import type { Socket } from 'node:net';
 import type winston from 'winston';
-import type { BlockDevice } from '../block-device';
 import { BufferPool } from './buffer-pool';
 import type { ByteQueue } from './byte-queue';
+import { canWriteVectored, readData, readSparse, writePayload } from './device-io';
 import { NbdCommandError, nbdErrorOf, ProtocolError } from './errors';
 import type { Session } from './handshake';
 import { contextExtents } from './meta-context';
 import * as P from './protocol';
-import * as R from './replies';
+import type { ReplyTarget } from './replies';
+import { ReplySender } from './reply-sender';
+import { decodeRequest, type RequestHeader, requestBytes } from './wire';
 
 export interface TransmissionLimits {
   /** Stop reading requests while in-flight payloads, reads and unsent replies exceed this. */
@@ -19,12 +21,7 @@ export interface TransmissionLimits {
 }
 
 /** One parsed request. Field order is fixed so V8 keeps a single shape. */
-interface Request extends R.ReplyTarget {
-  type: number;
-  flags: number;
-  /** Offset and length as numbers; Number.MAX_SAFE_INTEGER when beyond 2^53 (always out of range). */
-  offset: number;
-  length: number;
+interface Request extends RequestHeader, ReplyTarget {
   payload: Buffer | undefined;
   /** The payload as received-chunk views, for devices that take vectored writes. */
   parts: Buffer[] | undefined;
@@ -34,26 +31,9 @@ interface Request extends R.ReplyTarget {
   reserved: number;
 }
 
-/** A device with the optional `readInto` fast path (READ data in recycled buffers). */
-export type ReadIntoDevice = Required<Pick<BlockDevice, 'readInto'>>;
-
-function canReadInto(device: object): device is ReadIntoDevice {
-  return typeof (device as Partial<ReadIntoDevice>).readInto === 'function';
-}
-
-/** A device with the optional `writeVectored` fast path (WRITE payloads left in socket chunks). */
-export type WriteVectoredDevice = Required<Pick<BlockDevice, 'writeVectored'>>;
-
-function canWriteVectored(device: object): device is WriteVectoredDevice {
-  return typeof (device as Partial<WriteVectoredDevice>).writeVectored === 'function';
-}
-
 /** Shared by all connections: bounded, so idle servers hold at most this much. */
 const pool = new BufferPool(64 * 1024 * 1024);
 
-const TWO_POW_32 = 0x100000000;
-/** High halves at or above this make a u64 larger than 2^53. */
-const UNSAFE_HI = 0x200000;
 /** Cap on extents per BLOCK_STATUS chunk: keeps one reply ≤ 1 MiB (the spec allows 2^20). */
 const MAX_EXTENTS = 65536;
 
@@ -68,6 +48,7 @@ export class Transmission {
   private readonly headerBytes: number;
   private readonly requestMagic: number;
   private readonly sparseReads: boolean;
+  private readonly replies: ReplySender;
   private inFlight = 0;
   private pendingBytes = 0;
   private inputPaused = false;
@@ -79,7 +60,6 @@ export class Transmission {
   /** DISC received or a graceful close asked for: take no new requests. */
   private ending = false;
   private stopped = false;
-  private corked = false;
   private idleWaiters: Array<() => void> = [];
 
   constructor(
@@ -98,10 +78,11 @@ export class Transmission {
   ) {
     this.extended = session.extendedHeaders;
     this.structured = session.structuredReplies;
-    this.headerBytes = this.extended ? P.EXTENDED_REQUEST_BYTES : P.COMPACT_REQUEST_BYTES;
+    this.headerBytes = requestBytes(this.extended);
     this.requestMagic = this.extended ? P.NBD_EXTENDED_REQUEST_MAGIC : P.NBD_REQUEST_MAGIC;
     this.sparseReads = session.export.sparseReads !== false;
     this.vectored = canWriteVectored(session.export.device);
+    this.replies = new ReplySender(socket, this.extended, this.structured, pool);
     socket.on('drain', this.maybeResume);
   }
 
@@ -121,6 +102,7 @@ export class Transmission {
   /** The socket is gone: drop everything still to be sent. */
   stop(): void {
     this.stopped = true;
+    this.replies.stop();
     this.socket.removeListener('drain', this.maybeResume);
     this.wakeIdleWaiters();
   }
@@ -170,24 +152,14 @@ export class Transmission {
       if (frame.readUInt32BE(at) !== this.requestMagic) {
         throw new ProtocolError(`bad request magic 0x${frame.readUInt32BE(at).toString(16)}`);
       }
-      const flags = frame.readUInt16BE(at + 4);
-      const type = frame.readUInt16BE(at + 6);
-      const cookieHi = frame.readUInt32BE(at + 8);
-      const cookieLo = frame.readUInt32BE(at + 12);
-      const offsetHi = frame.readUInt32BE(at + 16);
-      const offsetLo = frame.readUInt32BE(at + 20);
-      let length: number;
-      let payloadBytes: number;
-      if (this.extended) {
-        const lengthHi = frame.readUInt32BE(at + 24);
-        const lengthLo = frame.readUInt32BE(at + 28);
-        length = lengthHi >= UNSAFE_HI ? Number.MAX_SAFE_INTEGER : lengthHi * TWO_POW_32 + lengthLo;
-        payloadBytes = flags & P.NBD_CMD_FLAG_PAYLOAD_LEN ? length : 0;
-      } else {
-        length = frame.readUInt32BE(at + 24);
-        payloadBytes = type === P.NBD_CMD_WRITE ? length : 0;
-      }
+      const request = newRequest();
+      decodeRequest(frame, at, this.extended, request);
       queue.skip(this.headerBytes);
+      const { type, length } = request;
+      const carriesPayload = this.extended
+        ? (request.flags & P.NBD_CMD_FLAG_PAYLOAD_LEN) !== 0
+        : type === P.NBD_CMD_WRITE;
+      const payloadBytes = carriesPayload ? length : 0;
 
       if (type === P.NBD_CMD_DISC) {
         this.log.debug('client sent DISC');
@@ -201,25 +173,8 @@ export class Transmission {
           `${P.commandName(type)} payload of ${payloadBytes} bytes exceeds the maximum`,
         );
       }
-      const request: Request = {
-        cookieHi,
-        cookieLo,
-        offsetHi,
-        offsetLo,
-        type,
-        flags,
-        offset: offsetHi >= UNSAFE_HI ? Number.MAX_SAFE_INTEGER : offsetHi * TWO_POW_32 + offsetLo,
-        length,
-        payload: undefined,
-        parts: undefined,
-        pooled: false,
-        reserved:
-          payloadBytes > 0
-            ? payloadBytes
-            : type === P.NBD_CMD_READ
-              ? Math.min(length, P.MAX_PAYLOAD_BYTES)
-              : 0,
-      };
+      request.reserved =
+        payloadBytes > 0 ? payloadBytes : type === P.NBD_CMD_READ ? Math.min(length, P.MAX_PAYLOAD_BYTES) : 0;
       this.pendingBytes += request.reserved;
       this.inFlight++;
       if (payloadBytes > 0) {
@@ -321,7 +276,7 @@ export class Transmission {
       if (error instanceof NbdCommandError || error instanceof RangeError)
         this.log.debug('request refused', context);
       else this.log.warn('request failed', context);
-      this.replyError(request, nbdError, context.reason);
+      this.replies.error(request, nbdError, context.reason);
     }
   }
 
@@ -347,72 +302,16 @@ export class Transmission {
     this.checkRange(request, this.structured ? FLAGS_READ : FLAGS_PLAIN, P.NBD_EINVAL);
     if (request.length > P.MAX_PAYLOAD_BYTES) throw new NbdCommandError(P.NBD_EINVAL, 'read too large');
     if (request.length === 0) {
-      this.replyOk(request);
+      this.replies.ok(request);
       return;
     }
+    const device = this.session.export.device;
     if (this.structured && this.sparseReads && !(request.flags & P.NBD_CMD_FLAG_DF)) {
-      await this.readSparse(request);
+      this.replies.pieces(request, await readSparse(device, pool, request.offset, request.length));
       return;
     }
-    const { data, pooled } = await this.readData(request.offset, request.length);
-    if (this.structured)
-      this.out(R.dataChunkHeader(this.extended, request, true, request.offset, data.length));
-    else this.out(R.simpleReply(request, 0));
-    this.outData(data, pooled);
-  }
-
-  /** Reads device data, into a recycled buffer when the device supports it. */
-  private async readData(offset: number, length: number): Promise<{ data: Buffer; pooled: boolean }> {
-    const device = this.session.export.device;
-    if (canReadInto(device)) {
-      const data = pool.acquire(length);
-      try {
-        await device.readInto(offset, data);
-      } catch (error) {
-        pool.release(data);
-        throw error;
-      }
-      return { data, pooled: true };
-    }
-    const data = await device.read(offset, length);
-    checkLength(data, length);
-    return { data, pooled: false };
-  }
-
-  /** Structured READ that answers holes with OFFSET_HOLE chunks instead of zeros. */
-  private async readSparse(request: Request): Promise<void> {
-    const device = this.session.export.device;
-    const end = request.offset + request.length;
-    const pieces: Array<{ offset: number; length: number; zero: boolean }> = [];
-    let cursor = request.offset;
-    for (const extent of await device.blockStatus(request.offset, request.length)) {
-      if (extent.offset > cursor || extent.offset + extent.length <= cursor) break;
-      const pieceEnd = Math.min(extent.offset + extent.length, end);
-      pushPiece(pieces, cursor, pieceEnd - cursor, extent.zero || extent.hole);
-      cursor = pieceEnd;
-      if (cursor >= end) break;
-    }
-    if (cursor < end) pushPiece(pieces, cursor, end - cursor, false);
-
-    const reads = await Promise.allSettled(
-      pieces.map((p) => (p.zero ? undefined : this.readData(p.offset, p.length))),
-    );
-    const failure = reads.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failure) {
-      for (const r of reads) if (r.status === 'fulfilled' && r.value?.pooled) pool.release(r.value.data);
-      throw failure.reason;
-    }
-    for (let i = 0; i < pieces.length; i++) {
-      const piece = pieces[i];
-      const done = i === pieces.length - 1;
-      const read = (reads[i] as PromiseFulfilledResult<{ data: Buffer; pooled: boolean } | undefined>).value;
-      if (read === undefined) {
-        this.out(R.holeChunk(this.extended, request, done, piece.offset, piece.length));
-      } else {
-        this.out(R.dataChunkHeader(this.extended, request, done, piece.offset, read.data.length));
-        this.outData(read.data, read.pooled);
-      }
-    }
+    const { data, pooled } = await readData(device, pool, request.offset, request.length);
+    this.replies.data(request, true, request.offset, data, pooled);
   }
 
   private async write(request: Request): Promise<void> {
@@ -424,16 +323,9 @@ export class Transmission {
     this.checkWritable();
     if (request.length > 0) {
       const fua = (request.flags & P.NBD_CMD_FLAG_FUA) !== 0;
-      const device = this.session.export.device;
-      if (request.parts) {
-        await (device as BlockDevice & WriteVectoredDevice).writeVectored(request.offset, request.parts, {
-          fua,
-        });
-      } else {
-        await device.write(request.offset, request.payload as Buffer, fua ? { fua } : undefined);
-      }
+      await writePayload(this.session.export.device, request.offset, request.payload, request.parts, fua);
     }
-    this.replyOk(request);
+    this.replies.ok(request);
   }
 
   private async flush(request: Request): Promise<void> {
@@ -442,7 +334,7 @@ export class Transmission {
       throw new NbdCommandError(P.NBD_EINVAL, 'FLUSH needs offset and length 0');
     }
     await this.session.export.device.flush();
-    this.replyOk(request);
+    this.replies.ok(request);
   }
 
   private async trim(request: Request): Promise<void> {
@@ -452,13 +344,13 @@ export class Transmission {
       const fua = (request.flags & P.NBD_CMD_FLAG_FUA) !== 0;
       await this.session.export.device.trim(request.offset, request.length, { fua });
     }
-    this.replyOk(request);
+    this.replies.ok(request);
   }
 
   private cache(request: Request): void {
     // A prefetch hint: validated, then ignored (the page cache or the pool's cache decides).
     this.checkRange(request, FLAGS_PLAIN, P.NBD_EINVAL);
-    this.replyOk(request);
+    this.replies.ok(request);
   }
 
   private async writeZeroes(request: Request): Promise<void> {
@@ -472,7 +364,7 @@ export class Transmission {
       const fua = (request.flags & P.NBD_CMD_FLAG_FUA) !== 0;
       await this.session.export.device.writeZeroes(request.offset, request.length, { fua, noHole });
     }
-    this.replyOk(request);
+    this.replies.ok(request);
   }
 
   private async blockStatus(request: Request): Promise<void> {
@@ -488,53 +380,9 @@ export class Transmission {
     );
     for (let i = 0; i < contexts.length; i++) {
       const done = i === contexts.length - 1;
-      this.out(R.blockStatusChunk(this.extended, request, done, contexts[i].id, answers[i]));
+      this.replies.blockStatus(request, done, contexts[i].id, answers[i]);
     }
   }
-
-  private replyOk(request: Request): void {
-    if (this.extended || (this.structured && request.type === P.NBD_CMD_READ)) {
-      this.out(R.doneChunk(this.extended, request));
-    } else {
-      this.out(R.simpleReply(request, 0));
-    }
-  }
-
-  private replyError(request: Request, nbdError: number, message: string): void {
-    // Simple replies may carry errors for anything but READ once structured replies are on.
-    if (this.extended || (this.structured && request.type === P.NBD_CMD_READ)) {
-      this.out(R.errorChunk(this.extended, request, nbdError, message));
-    } else {
-      this.out(R.simpleReply(request, nbdError));
-    }
-  }
-
-  /** Queues bytes for the socket; replies finishing in the same tick leave in one writev. */
-  private out(buffer: Buffer, written?: () => void): void {
-    if (this.stopped || this.socket.destroyed) return;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(this.uncork);
-    }
-    this.socket.write(buffer, written);
-  }
-
-  /** Like `out` for READ data; a pooled buffer goes back once the socket has sent it. */
-  private outData(data: Buffer, pooled: boolean): void {
-    if (!pooled) {
-      this.out(data);
-    } else if (this.stopped || this.socket.destroyed) {
-      pool.release(data);
-    } else {
-      this.out(data, () => pool.release(data));
-    }
-  }
-
-  private readonly uncork = (): void => {
-    this.corked = false;
-    if (!this.socket.destroyed) this.socket.uncork();
-  };
 
   private overloaded(): boolean {
     if (this.inFlight === 0) return false;
@@ -577,19 +425,20 @@ export class Transmission {
   }
 }
 
-function pushPiece(
-  pieces: Array<{ offset: number; length: number; zero: boolean }>,
-  offset: number,
-  length: number,
-  zero: boolean,
-): void {
-  const last = pieces[pieces.length - 1];
-  if (last && last.zero === zero) last.length += length;
-  else pieces.push({ offset, length, zero });
-}
-
-function checkLength(data: Buffer, expected: number): void {
-  if (data.length !== expected) {
-    throw new NbdCommandError(P.NBD_EIO, `device returned ${data.length} bytes, expected ${expected}`);
-  }
+/** A request to be filled by `decodeRequest`, every field present so all share one shape. */
+function newRequest(): Request {
+  return {
+    flags: 0,
+    type: 0,
+    cookieHi: 0,
+    cookieLo: 0,
+    offsetHi: 0,
+    offsetLo: 0,
+    offset: 0,
+    length: 0,
+    payload: undefined,
+    parts: undefined,
+    pooled: false,
+    reserved: 0,
+  };
 }

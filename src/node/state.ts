@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../util/atomic-file';
-import type { Attachment, Grant } from './attach';
+import type { Attachment, Grant } from './attachment';
 
 export interface StagedVolume {
   volumeId: string;

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import { BlockValidator, METADATA_BLOCK_SIZE } from './block-validator';
 import { deviceSizeBytes } from './device-size';
+import { MetadataIoError, MetadataReadOnlyError } from './errors';
 
 interface CachedBlock {
   data: Buffer;
@@ -26,7 +27,8 @@ export class BlockManager {
   readonly readOnly: boolean;
   private readonly cache = new Map<number, CachedBlock>();
   private readonly cacheLimit: number;
-  private dirtyCount = 0;
+  /** Locations of the dirty blocks: a commit visits these, not the whole cache. */
+  private readonly dirty = new Set<number>();
   private fd: number;
   // A failed write or sync leaves blocks marked clean that may never reach the device, and the
   // kernel reports a failed sync only once: nothing written through this manager may be trusted
@@ -68,7 +70,7 @@ export class BlockManager {
     this.checkLocation(location);
     const data = Buffer.allocUnsafe(METADATA_BLOCK_SIZE);
     const n = fs.readSync(this.fd, data, 0, METADATA_BLOCK_SIZE, location * METADATA_BLOCK_SIZE);
-    if (n !== METADATA_BLOCK_SIZE) throw new Error(`${this.path}: short read of block ${location}`);
+    if (n !== METADATA_BLOCK_SIZE) throw new MetadataIoError(`${this.path}: short read of block ${location}`);
     this.stats.reads++;
     return data;
   }
@@ -83,8 +85,7 @@ export class BlockManager {
   /** A zero-filled block that replaces whatever was at `location` (a freshly allocated block). */
   zeroed(location: number, validator: BlockValidator): Buffer {
     this.checkLocation(location);
-    const old = this.cache.get(location);
-    if (old?.dirty) this.dirtyCount--;
+    this.dirty.delete(location);
     this.cache.delete(location);
     const data = Buffer.alloc(METADATA_BLOCK_SIZE);
     this.insert(location, { data, validator, dirty: false, used: false });
@@ -94,11 +95,32 @@ export class BlockManager {
 
   /** Writes every dirty block except those in `except`, then syncs the device. */
   flush(except: ReadonlySet<number> = new Set()): void {
-    this.checkNoWriteFailure();
-    const locations: number[] = [];
-    for (const [location, entry] of this.cache) {
-      if (entry.dirty && !except.has(location)) locations.push(location);
+    this.writeDirty(except);
+    this.sync();
+    this.evict();
+  }
+
+  /**
+   * As `flush`, running `meanwhile` on this thread while the sync is in flight on another (it
+   * must not use this manager). A failed sync is thrown before a failure of `meanwhile`.
+   */
+  async flushOverlapped(except: ReadonlySet<number>, meanwhile: () => void): Promise<void> {
+    this.writeDirty(except);
+    const synced = this.syncAsync();
+    let failure: { error: unknown } | undefined;
+    try {
+      meanwhile();
+    } catch (error) {
+      failure = { error };
     }
+    await synced;
+    if (failure) throw failure.error;
+    this.evict();
+  }
+
+  private writeDirty(except: ReadonlySet<number>): void {
+    this.checkNoWriteFailure();
+    const locations = [...this.dirty].filter((location) => !except.has(location));
     locations.sort((a, b) => a - b);
     // Adjacent blocks go out in one write.
     for (let i = 0; i < locations.length;) {
@@ -108,8 +130,6 @@ export class BlockManager {
       this.writeAt(locations[i], run.length === 1 ? run[0] : Buffer.concat(run));
       i = j;
     }
-    this.sync();
-    this.evict();
   }
 
   /** Seals and writes one block now, then syncs: the superblock, last in a commit. */
@@ -118,8 +138,7 @@ export class BlockManager {
     validator.prepareForWrite(data, location);
     this.writeAt(location, data);
     this.sync();
-    const cached = this.cache.get(location);
-    if (cached?.dirty) this.dirtyCount--;
+    this.dirty.delete(location);
     this.cache.delete(location);
     this.insert(location, { data: Buffer.from(data), validator, dirty: false, used: false });
   }
@@ -133,12 +152,12 @@ export class BlockManager {
     const entry = this.cache.get(location)!;
     entry.validator.prepareForWrite(entry.data, location);
     entry.dirty = false;
-    this.dirtyCount--;
+    this.dirty.delete(location);
     return entry.data;
   }
 
   private writeAt(location: number, data: Buffer): void {
-    if (this.readOnly) throw new Error(`${this.path}: opened read-only`);
+    if (this.readOnly) throw new MetadataReadOnlyError(this.path, `write block ${location}`);
     let done = 0;
     try {
       while (done < data.length) {
@@ -161,30 +180,42 @@ export class BlockManager {
     this.stats.syncs++;
   }
 
+  private syncAsync(): Promise<void> {
+    return new Promise((resolve, reject) =>
+      fs.fsync(this.fd, (e) => {
+        if (e) {
+          this.writeFailure ??= e;
+          reject(e);
+          return;
+        }
+        this.stats.syncs++;
+        resolve();
+      }),
+    );
+  }
+
   private checkNoWriteFailure(): void {
     if (!this.writeFailure) return;
-    throw Object.assign(
-      new Error(`${this.path}: an earlier metadata write failed (${this.writeFailure.message}); reopen it`),
-      { code: (this.writeFailure as NodeJS.ErrnoException).code ?? 'EIO' },
+    throw new MetadataIoError(
+      `${this.path}: an earlier metadata write failed (${this.writeFailure.message}); reopen it`,
+      (this.writeFailure as NodeJS.ErrnoException).code,
     );
   }
 
   private markDirty(location: number): void {
     const entry = this.cache.get(location)!;
-    if (!entry.dirty) {
-      entry.dirty = true;
-      this.dirtyCount++;
-    }
+    entry.dirty = true;
+    this.dirty.add(location);
   }
 
   private insert(location: number, entry: CachedBlock): void {
     this.cache.set(location, entry);
     // Evict in batches so that a cache full of dirty blocks is not rescanned on every insert.
-    if (this.cache.size > this.cacheLimit + this.dirtyCount + (this.cacheLimit >> 3)) this.evict();
+    if (this.cache.size > this.cacheLimit + this.dirty.size + (this.cacheLimit >> 3)) this.evict();
   }
 
   private evict(): void {
-    let excess = this.cache.size - this.dirtyCount - this.cacheLimit;
+    let excess = this.cache.size - this.dirty.size - this.cacheLimit;
     if (excess <= 0) return;
     // Oldest first; a block read since the last pass moves to the end instead (re-inserted
     // entries come round again in this loop, unmarked, so it ends).

@@ -42,3 +42,13 @@ export class MetadataReadOnlyError extends MetadataError {
 
 /** A structural rule of a tree or space map does not hold. */
 export class MetadataInvariantError extends MetadataError {}
+
+/** A read or write of the metadata device failed or came up short; `code` is the errno name. */
+export class MetadataIoError extends MetadataError {
+  constructor(
+    message: string,
+    readonly code = 'EIO',
+  ) {
+    super(message);
+  }
+}

@@ -79,17 +79,17 @@ function checkOpened(md: ThinMetadata, report: CheckReport): void {
   }
 
   compareCounts('metadata', md.metadataSm.counts, metadataRefs, errors);
-  compareCounts('data', md.dataSm!.counts, dataRefs, errors);
+  compareCounts('data', md.dataSm.counts, dataRefs, errors);
   report.metadataBlocksUsed = md.metadataSm.counts.nrAllocated;
-  report.dataBlocksUsed = md.dataSm!.counts.nrAllocated;
+  report.dataBlocksUsed = md.dataSm.counts.nrAllocated;
   if (sb.metadataSpaceMap.nrAllocated !== md.metadataSm.counts.nrAllocated) {
     report.warnings.push(
       `metadata space map: nr_allocated ${sb.metadataSpaceMap.nrAllocated}, counted ${md.metadataSm.counts.nrAllocated}`,
     );
   }
-  if (sb.dataSpaceMap.nrAllocated !== md.dataSm!.counts.nrAllocated) {
+  if (sb.dataSpaceMap.nrAllocated !== md.dataSm.counts.nrAllocated) {
     report.warnings.push(
-      `data space map: nr_allocated ${sb.dataSpaceMap.nrAllocated}, counted ${md.dataSm!.counts.nrAllocated}`,
+      `data space map: nr_allocated ${sb.dataSpaceMap.nrAllocated}, counted ${md.dataSm.counts.nrAllocated}`,
     );
   }
 }

@@ -1,3 +1,5 @@
+import { SerialQueue } from '../util/serial-queue';
+
 /**
  * Lets many I/O operations run at once while pool-wide changes (commit, device create/delete,
  * metadata snapshot) run alone: an exclusive section waits for in-flight operations to drain
@@ -7,7 +9,7 @@ export class IoGate {
   private inflight = 0;
   private drained: (() => void) | undefined;
   private closed: Promise<void> | undefined;
-  private exclusiveTail: Promise<unknown> = Promise.resolve();
+  private readonly exclusives = new SerialQueue();
 
   /** Waits while an exclusive section runs; pair every enter with a leave. */
   async enter(): Promise<void> {
@@ -38,7 +40,7 @@ export class IoGate {
 
   /** Runs `fn` with no I/O in flight; exclusive sections run one after another. */
   exclusive<T>(fn: () => T | Promise<T>): Promise<T> {
-    const result = this.exclusiveTail.then(async () => {
+    return this.exclusives.run(async () => {
       let reopen!: () => void;
       this.closed = new Promise<void>((r) => (reopen = r));
       try {
@@ -50,8 +52,6 @@ export class IoGate {
         reopen();
       }
     });
-    this.exclusiveTail = result.catch(() => undefined);
-    return result;
   }
 }
 

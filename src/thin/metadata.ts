@@ -6,7 +6,6 @@ import { DataSpaceMap } from '../pdata/space-map/data-space-map';
 import { MAX_METADATA_BLOCKS, MetadataSpaceMap } from '../pdata/space-map/metadata-space-map';
 import { TransactionManager } from '../pdata/transaction-manager';
 import { u64Value as u64 } from '../pdata/btree/node';
-import { NoDataSpaceError } from '../pdata/errors';
 import { faultPoint } from '../util/fault-point';
 import {
   DeviceExistsError,
@@ -28,12 +27,15 @@ import {
   mappedDataBlock,
 } from './mapping';
 import {
+  NEEDS_CHECK_FLAG,
   SUPERBLOCK_LOCATION,
   Superblock,
   decodeSuperblock,
   encodeSuperblock,
   superblockValidator,
 } from './superblock';
+
+const SUPERBLOCK_ONLY: ReadonlySet<number> = new Set([SUPERBLOCK_LOCATION]);
 
 export interface FormatOptions {
   dataBlockSectors: number;
@@ -75,15 +77,15 @@ export class ThinMetadata {
     readonly bm: BlockManager,
     readonly tm: TransactionManager,
     readonly metadataSm: MetadataSpaceMap,
-    readonly dataSm: DataSpaceMap | undefined,
+    readonly dataSm: DataSpaceMap,
     sb: Superblock,
   ) {
     this.sb = sb;
-    const dataCounts = dataSm?.counts;
+    const dataCounts = dataSm.counts;
     const mappingValue: ValueType = {
       size: 8,
-      inc: (v) => dataCounts!.inc(mappedDataBlock(v)),
-      dec: (v) => dataCounts!.dec(mappedDataBlock(v)),
+      inc: (v) => dataCounts.inc(mappedDataBlock(v)),
+      dec: (v) => dataCounts.dec(mappedDataBlock(v)),
       equal: (a, b) => mappedDataBlock(a) === mappedDataBlock(b),
     };
     this.mappings = new BTree(tm, mappingValue);
@@ -153,6 +155,24 @@ export class ThinMetadata {
   }
 
   /** Reads a superblock without the space maps (the held metadata snapshot, or a quick peek). */
+  /**
+   * Sets needs_check in the committed superblock of the metadata at `path`, written in place:
+   * the in-memory state of whoever failed is not to be trusted, the committed one is.
+   */
+  static markNeedsCheck(path: string): void {
+    const bm = new BlockManager(path);
+    try {
+      const sb = ThinMetadata.readSuperblock(bm);
+      bm.writeNow(
+        SUPERBLOCK_LOCATION,
+        encodeSuperblock({ ...sb, flags: sb.flags | NEEDS_CHECK_FLAG }),
+        superblockValidator,
+      );
+    } finally {
+      bm.close();
+    }
+  }
+
   static readSuperblock(bm: BlockManager, location = SUPERBLOCK_LOCATION): Superblock {
     return decodeSuperblock(bm.read(location, superblockValidator));
   }
@@ -181,7 +201,7 @@ export class ThinMetadata {
     return (
       this.tm.changedBlocks > 0 ||
       this.changedDetails.size > 0 ||
-      (this.dataSm?.counts.changed ?? false) ||
+      this.dataSm.counts.changed ||
       this.metadataSm.counts.changed
     );
   }
@@ -191,7 +211,23 @@ export class ThinMetadata {
    * the superblock is flushed and synced, then the superblock is written and synced.
    */
   commit(): void {
-    if (!this.dataSm) throw new Error('metadata opened without space maps is read-only');
+    this.prepareCommit();
+    this.bm.flush(SUPERBLOCK_ONLY);
+    this.finishCommit();
+  }
+
+  /**
+   * As `commit`, running `beforeSuperblock` while the other blocks sync: what must be durable
+   * before the superblock moves on (a catalogue intent) costs no sync of its own in wall time.
+   * When anything fails, the in-memory state is half-committed and must be dropped.
+   */
+  async commitAfter(beforeSuperblock: () => void): Promise<void> {
+    this.prepareCommit();
+    await this.bm.flushOverlapped(SUPERBLOCK_ONLY, beforeSuperblock);
+    this.finishCommit();
+  }
+
+  private prepareCommit(): void {
     for (const [id, d] of this.changedDetails) {
       this.sb.deviceDetailsRoot = this.details.insert(this.sb.deviceDetailsRoot, id, encodeDetails(d));
     }
@@ -200,7 +236,9 @@ export class ThinMetadata {
     this.metadataSm.commit(this.tm);
     this.sb.dataSpaceMap = this.dataSm.root();
     this.sb.metadataSpaceMap = this.metadataSm.root();
-    this.bm.flush(new Set([SUPERBLOCK_LOCATION]));
+  }
+
+  private finishCommit(): void {
     this.bm.writeNow(SUPERBLOCK_LOCATION, encodeSuperblock(this.sb), superblockValidator);
     this.dataSm.committed();
     this.metadataSm.committed();
@@ -306,7 +344,7 @@ export class ThinMetadata {
 
   /**
    * Maps `vblock` to `dataBlock` at the current time. The tree takes over the reference the
-   * caller holds on `dataBlock` (from `allocDataBlock`); a replaced block loses one.
+   * caller holds on `dataBlock` (a fresh allocation); a replaced block loses one.
    */
   insertMapping(id: number, vblock: number, dataBlock: number): void {
     const details = this.requireDetails(id);
@@ -337,21 +375,9 @@ export class ThinMetadata {
     return true;
   }
 
-  /** A free data block with one reference (for the caller to map or release). */
-  allocDataBlock(): number {
-    const block = this.dataSm!.counts.allocate();
-    if (block === undefined) throw new NoDataSpaceError();
-    return block;
-  }
-
   /** Takes the one reference on a data block that is free now and was at the last commit. */
   claimDataBlock(dataBlock: number): boolean {
-    return this.dataSm!.counts.claim(dataBlock);
-  }
-
-  /** True when the data block is referenced by more than one leaf (a write must copy it). */
-  dataBlockShared(dataBlock: number): boolean {
-    return this.dataSm!.counts.count(dataBlock) > 1;
+    return this.dataSm.counts.claim(dataBlock);
   }
 
   /** The kernel's set_transaction_id: compare-and-swap on the userspace token. */

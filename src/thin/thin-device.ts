@@ -1,32 +1,35 @@
 import { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../block-device';
 import { NoDataSpaceError } from '../pdata/errors';
+import { DataFile } from './data-file';
+import { DataSpace } from './data-space';
+import { DeviceRangeError, PoolReadOnlyError } from './errors';
 import { blockRunsToExtents } from './extents';
 import { IoGate, KeyedLocks } from './io-gate';
-import { DeviceRangeError, PoolReadOnlyError } from './errors';
-import { Mapping } from './mapping';
-import { ThinMetadata } from './metadata';
+import { MappingView } from './mapping-view';
 
 /** What a thin device needs from its pool (kept narrow so the two stay separable). */
 export interface DeviceHost {
-  readonly md: ThinMetadata;
   readonly gate: IoGate;
   readonly blockBytes: number;
   readonly skipBlockZeroing: boolean;
-  /** Undefined when the read is already done (small reads may run on the event loop). */
-  readData(dataBlock: number, offsetInBlock: number, into: Buffer): Promise<void> | undefined;
-  /** Writes `data` (or its pieces, in order) at a place in the data file. */
-  writeData(dataBlock: number, offsetInBlock: number, data: Buffer | Buffer[]): Promise<void>;
-  /** A data block with one reference; throws NoDataSpaceError when none is free now. */
-  allocDataBlock(): number;
-  releaseDataBlock(dataBlock: number): void;
-  /** Called outside the gate after an allocation failed: returns when retrying makes sense. */
-  waitForSpace(): Promise<void>;
+  readonly data: Pick<DataFile, 'read' | 'write'>;
+  readonly space: Pick<DataSpace, 'allocate' | 'release' | 'waitForSpace'>;
+  /** The device's mappings (one view per device, kept current by the pool). */
+  mappingView(id: number): MappingView;
   /** Throws when the pool may not be written. */
   checkWritable(): void;
   flush(): Promise<void>;
 }
 
 const DONE = Promise.resolve();
+
+/** A piece of the caller's buffer and where it lies in the data file. */
+interface DataRun {
+  dataBlock: number;
+  offset: number;
+  at: number;
+  length: number;
+}
 
 interface Segment {
   vblock: number;
@@ -44,20 +47,26 @@ interface Segment {
  */
 export class ThinDevice implements BlockDevice {
   private readonly locks = new KeyedLocks();
-  private snapshottedTime: number;
+  private readonly map: MappingView;
+  private size: number;
 
   constructor(
     private readonly host: DeviceHost,
     readonly id: number,
-    public sizeBytes: number,
+    sizeBytes: number,
     readonly readOnly = false,
   ) {
-    this.snapshottedTime = this.details().snapshottedTime;
+    this.map = host.mappingView(id);
+    this.size = sizeBytes;
   }
 
-  /** The pool took a snapshot of (or as) this device: its blocks are now shared. */
-  refreshSharing(): void {
-    this.snapshottedTime = this.details().snapshottedTime;
+  get sizeBytes(): number {
+    return this.size;
+  }
+
+  /** The pool grew the device (dm-thin stores no size: the catalogue does). */
+  grew(sizeBytes: number): void {
+    this.size = sizeBytes;
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
@@ -87,13 +96,13 @@ export class ThinDevice implements BlockDevice {
     await this.host.gate.run(async () => {
       // The common case, as for overwrites: every block mapped, consecutively in the data file.
       const last = Math.floor((offset + length - 1) / bs);
-      const start = this.host.md.consecutiveRun(this.id, vblock, last - vblock + 1, 0);
+      const start = this.map.mappedRun(vblock, last - vblock + 1);
       if (start !== undefined)
         return this.readRun({ dataBlock: start, offset: offset - vblock * bs, at: 0, length }, target);
       const reads: Promise<void>[] = [];
-      let run: { dataBlock: number; offset: number; at: number; length: number } | undefined;
+      let run: DataRun | undefined;
       for (const seg of this.segments(offset, length)) {
-        const m = this.host.md.lookupMapping(this.id, seg.vblock);
+        const m = this.map.lookup(seg.vblock);
         if (!m) {
           target.fill(0, seg.at, seg.at + seg.length);
           continue;
@@ -138,53 +147,84 @@ export class ThinDevice implements BlockDevice {
 
   /** Inside the gate; undefined when the read is already done. */
   private readBlockPart(vblock: number, inBlock: number, target: Buffer): Promise<void> | undefined {
-    const m = this.host.md.lookupMapping(this.id, vblock);
-    if (m) return this.host.readData(m.dataBlock, inBlock, target);
+    const m = this.map.lookup(vblock);
+    if (m) return this.host.data.read(m.dataBlock, inBlock, target);
     target.fill(0);
     return undefined;
   }
 
-  /** Overwrite of a block this device alone owns; false (nothing done) for anything else. */
-  private async overwriteInBlock(vblock: number, inBlock: number, data: Buffer): Promise<boolean> {
-    const host = this.host;
-    if (!host.gate.tryEnter()) return false;
-    const release = this.locks.tryAcquire(vblock);
-    try {
-      if (!release) return false;
-      const m = host.md.lookupMapping(this.id, vblock);
-      if (!m || m.time < this.snapshottedTime) return false;
-      await host.writeData(m.dataBlock, inBlock, data);
-      return true;
-    } finally {
-      release?.();
-      host.gate.leave();
-    }
+  write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
+    return this.change(offset, data.length, options, () => this.writeRange(offset, [data], data.length));
   }
 
-  async write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
-    this.checkWrite(offset, data.length);
-    const bs = this.host.blockBytes;
-    const vblock = Math.floor(offset / bs);
-    if (
-      offset + data.length <= (vblock + 1) * bs &&
-      (await this.overwriteInBlock(vblock, offset - vblock * bs, data))
-    ) {
-      if (options.fua) await this.host.flush();
-      return;
-    }
-    if (data.length > this.host.blockBytes && (await this.overwriteInPlace(offset, [data], data.length))) {
-      if (options.fua) await this.host.flush();
-      return;
-    }
-    await this.eachSegment(offset, data.length, (seg) =>
-      this.writeSegment(seg.vblock, seg.offset, data.subarray(seg.at, seg.at + seg.length)),
+  /** A write that arrived in pieces: overwrites in place go out without joining them. */
+  writeVectored(offset: number, parts: Buffer[], options: WriteOptions = {}): Promise<void> {
+    const length = parts.reduce((n, p) => n + p.length, 0);
+    return this.change(offset, length, options, () => this.writeRange(offset, parts, length));
+  }
+
+  /** Whole blocks are unmapped (their data freed when unreferenced); partial blocks are zeroed. */
+  trim(offset: number, length: number, options: WriteOptions = {}): Promise<void> {
+    return this.change(offset, length, options, () => this.zeroOrUnmap(offset, length, false));
+  }
+
+  writeZeroes(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
+    return this.change(offset, length, options, () =>
+      this.zeroOrUnmap(offset, length, options.noHole ?? false),
     );
+  }
+
+  flush(): Promise<void> {
+    return this.host.flush();
+  }
+
+  // Every change goes through here: the checks before it, the FUA rule after it.
+  private async change(
+    offset: number,
+    length: number,
+    options: WriteOptions,
+    apply: () => Promise<void>,
+  ): Promise<void> {
+    if (this.readOnly) throw new PoolReadOnlyError(`thin device ${this.id} is opened read-only`);
+    this.host.checkWritable();
+    this.checkRange(offset, length);
+    await apply();
     if (options.fua) await this.host.flush();
   }
 
-  // The common case of a large write: every block it touches is mapped, owned by this device
-  // alone and laid out consecutively in the data file, so it is one write at one place.
-  // Returns false (having changed nothing) when that is not so.
+  // Overwrites of blocks this device owns go to their place at once: one block (a small write)
+  // or a run laid out consecutively (a large one). Anything else goes block by block.
+  private async writeRange(offset: number, parts: Buffer[], length: number): Promise<void> {
+    const bs = this.host.blockBytes;
+    const vblock = Math.floor(offset / bs);
+    const inOneBlock = offset + length <= (vblock + 1) * bs;
+    if (inOneBlock && (await this.overwriteInBlock(vblock, offset - vblock * bs, parts))) return;
+    if (!inOneBlock && (await this.overwriteInPlace(offset, parts, length))) return;
+    const data = parts.length === 1 ? parts[0] : Buffer.concat(parts, length);
+    await this.eachSegment(offset, length, (seg) =>
+      this.writeSegment(seg.vblock, seg.offset, data.subarray(seg.at, seg.at + seg.length)),
+    );
+  }
+
+  /** Overwrite of a block this device alone owns; false (nothing done) for anything else. */
+  private async overwriteInBlock(vblock: number, inBlock: number, parts: Buffer[]): Promise<boolean> {
+    const gate = this.host.gate;
+    if (!gate.tryEnter()) return false;
+    const release = this.locks.tryAcquire(vblock);
+    try {
+      if (!release) return false;
+      const m = this.map.lookup(vblock);
+      if (!m || !this.map.owns(m)) return false;
+      await this.host.data.write(m.dataBlock, inBlock, parts);
+      return true;
+    } finally {
+      release?.();
+      gate.leave();
+    }
+  }
+
+  // Returns false (having changed nothing) unless every block the write touches is mapped,
+  // owned by this device alone and laid out consecutively in the data file.
   private async overwriteInPlace(offset: number, parts: Buffer[], length: number): Promise<boolean> {
     const bs = this.host.blockBytes;
     const first = Math.floor(offset / bs);
@@ -195,40 +235,14 @@ export class ThinDevice implements BlockDevice {
         // Ascending order, and single-block operations never hold one lock while taking another.
         for (let v = first; v <= last; v++)
           releases.push(this.locks.tryAcquire(v) ?? (await this.locks.acquire(v)));
-        const start = this.host.md.consecutiveRun(this.id, first, last - first + 1, this.snapshottedTime);
+        const start = this.map.ownedRun(first, last - first + 1);
         if (start === undefined) return false;
-        await this.host.writeData(start, offset - first * bs, parts);
+        await this.host.data.write(start, offset - first * bs, parts);
         return true;
       } finally {
         for (const release of releases) release();
       }
     });
-  }
-
-  /** A write that arrived in pieces: contiguous overwrites go out without joining them. */
-  async writeVectored(offset: number, parts: Buffer[], options: WriteOptions = {}): Promise<void> {
-    const length = parts.reduce((n, p) => n + p.length, 0);
-    this.checkWrite(offset, length);
-    if (length > this.host.blockBytes && (await this.overwriteInPlace(offset, parts, length))) {
-      if (options.fua) await this.host.flush();
-      return;
-    }
-    await this.write(offset, parts.length === 1 ? parts[0] : Buffer.concat(parts), options);
-  }
-
-  /** Whole blocks are unmapped (their data freed when unreferenced); partial blocks are zeroed. */
-  async trim(offset: number, length: number, options: WriteOptions = {}): Promise<void> {
-    await this.zeroOrUnmap(offset, length, false);
-    if (options.fua) await this.host.flush();
-  }
-
-  async writeZeroes(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
-    await this.zeroOrUnmap(offset, length, options.noHole ?? false);
-    if (options.fua) await this.host.flush();
-  }
-
-  flush(): Promise<void> {
-    return this.host.flush();
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
@@ -238,14 +252,12 @@ export class ThinDevice implements BlockDevice {
     const end = Math.ceil((offset + length) / bs);
     if (end - first === 1) {
       // Within one block (the usual small read): one lookup instead of a range walk.
-      const mapped = await this.host.gate.run(
-        async () => this.host.md.lookupMapping(this.id, first) !== undefined,
-      );
+      const mapped = await this.host.gate.run(async () => this.map.lookup(first) !== undefined);
       return [{ offset, length, hole: !mapped, zero: !mapped }];
     }
     const runs = await this.host.gate.run(async () => {
       const mapped: { begin: number; length: number }[] = [];
-      for (const [vblock] of this.mappedBlocks(first, end)) mapped.push({ begin: vblock, length: 1 });
+      for (const [vblock] of this.map.entries(first, end)) mapped.push({ begin: vblock, length: 1 });
       return mapped;
     });
     return blockRunsToExtents(runs, bs, offset, length).map((e) => ({
@@ -256,36 +268,17 @@ export class ThinDevice implements BlockDevice {
     }));
   }
 
-  /** Mapped virtual blocks in [first, end), in order. */
-  *mappedBlocks(first: number, end: number): Generator<[number, Mapping]> {
-    const root = this.host.md.deviceRoot(this.id);
-    if (root === undefined) return;
-    for (const [vblock, value] of this.host.md.mappings.entries(root, first, end)) {
-      yield [vblock, { time: value.readUIntLE(0, 3), dataBlock: value.readUIntLE(3, 5) }];
-    }
-  }
-
-  private details() {
-    const d = this.host.md.deviceDetails(this.id);
-    if (!d) throw new DeviceRangeError(`thin device ${this.id} does not exist`);
-    return d;
-  }
-
-  private async readRun(
-    run: { dataBlock: number; offset: number; at: number; length: number },
-    out: Buffer,
-  ): Promise<void> {
-    await this.host.readData(run.dataBlock, run.offset, out.subarray(run.at, run.at + run.length));
+  private async readRun(run: DataRun, out: Buffer): Promise<void> {
+    await this.host.data.read(run.dataBlock, run.offset, out.subarray(run.at, run.at + run.length));
   }
 
   private async zeroOrUnmap(offset: number, length: number, keepAllocated: boolean): Promise<void> {
-    this.checkWrite(offset, length);
     const bs = this.host.blockBytes;
     await this.eachSegment(offset, length, async (seg) => {
       const whole = seg.length === bs;
       if (whole && !keepAllocated) return this.unmapBlock(seg.vblock);
       // Unmapped blocks already read as zeros: only provision them when asked to.
-      if (!keepAllocated && !this.host.md.lookupMapping(this.id, seg.vblock)) return;
+      if (!keepAllocated && !this.map.lookup(seg.vblock)) return;
       await this.writeSegment(seg.vblock, seg.offset, Buffer.alloc(seg.length), !keepAllocated);
     });
   }
@@ -293,7 +286,7 @@ export class ThinDevice implements BlockDevice {
   private async unmapBlock(vblock: number): Promise<void> {
     const release = await this.locks.acquire(vblock);
     try {
-      this.host.md.removeMapping(this.id, vblock);
+      this.map.unmap(vblock);
     } finally {
       release();
     }
@@ -305,14 +298,14 @@ export class ThinDevice implements BlockDevice {
     data: Buffer,
     onlyIfMapped = false,
   ): Promise<void> {
-    const host = this.host;
-    const bs = host.blockBytes;
+    const { data: file, space } = this.host;
+    const bs = this.host.blockBytes;
     const release = await this.locks.acquire(vblock);
     try {
-      const m = host.md.lookupMapping(this.id, vblock);
+      const m = this.map.lookup(vblock);
       if (!m && onlyIfMapped) return;
-      if (m && m.time >= this.snapshottedTime) {
-        await host.writeData(m.dataBlock, offset, data);
+      if (m && this.map.owns(m)) {
+        await file.write(m.dataBlock, offset, data);
         return;
       }
       // Provision a block, or break sharing: build the whole new block unless the write covers it.
@@ -320,21 +313,21 @@ export class ThinDevice implements BlockDevice {
       if (offset === 0 && data.length === bs) block = data;
       else if (m) {
         block = Buffer.allocUnsafe(bs);
-        await host.readData(m.dataBlock, 0, block);
+        await file.read(m.dataBlock, 0, block);
         data.copy(block, offset);
-      } else if (!host.skipBlockZeroing) {
+      } else if (!this.host.skipBlockZeroing) {
         block = Buffer.alloc(bs);
         data.copy(block, offset);
       }
-      const dataBlock = host.allocDataBlock();
+      const dataBlock = space.allocate();
       try {
-        if (block) await host.writeData(dataBlock, 0, block);
-        else await host.writeData(dataBlock, offset, data);
+        if (block) await file.write(dataBlock, 0, block);
+        else await file.write(dataBlock, offset, data);
       } catch (e) {
-        host.releaseDataBlock(dataBlock);
+        space.release(dataBlock);
         throw e;
       }
-      host.md.insertMapping(this.id, vblock, dataBlock);
+      this.map.map(vblock, dataBlock);
     } finally {
       release();
     }
@@ -361,7 +354,7 @@ export class ThinDevice implements BlockDevice {
       });
       if (error) throw error;
       if (failed.length === 0) return;
-      await this.host.waitForSpace();
+      await this.host.space.waitForSpace();
       pending = failed;
     }
   }
@@ -377,12 +370,6 @@ export class ThinDevice implements BlockDevice {
     }
   }
 
-  private checkWrite(offset: number, length: number): void {
-    if (this.readOnly) throw new PoolReadOnlyError(`thin device ${this.id} is opened read-only`);
-    this.host.checkWritable();
-    this.checkRange(offset, length);
-  }
-
   private checkRange(offset: number, length: number): void {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new DeviceRangeError(`bad range offset=${offset} length=${length}`);
@@ -390,10 +377,8 @@ export class ThinDevice implements BlockDevice {
     if (offset % 512 || length % 512) {
       throw new DeviceRangeError(`offset ${offset} and length ${length} must be multiples of 512`);
     }
-    if (offset + length > this.sizeBytes) {
-      throw new DeviceRangeError(
-        `range ${offset}+${length} ends beyond the device's ${this.sizeBytes} bytes`,
-      );
+    if (offset + length > this.size) {
+      throw new DeviceRangeError(`range ${offset}+${length} ends beyond the device's ${this.size} bytes`);
     }
   }
 }

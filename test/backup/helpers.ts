@@ -8,7 +8,7 @@ import path from 'node:path';
 import { defaultConfig } from '../../src/csi/config';
 import { Driver } from '../../src/csi/driver';
 import { CsiClient } from '../../src/backup/csi-client';
-import { NbdConnectionPool, parseNbdEndpoint } from '../../src/backup/nbd-client';
+import { NbdConnectionPool, parseNbdEndpoint } from '../../src/nbd/client';
 
 export const MiB = 1024 * 1024;
 export const repoRoot = path.resolve(__dirname, '../..');

@@ -4,16 +4,15 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ChunkWriter } from '../../src/backup/chunk-writer';
+import { type Codec, sha256 } from '../../src/backup/chunk-codec';
 import {
   type ChunkEntry,
-  type Codec,
   type Manifest,
   MANIFEST_FORMAT,
   Repository,
-  RepositoryLocked,
   newBackupId,
-  sha256,
 } from '../../src/backup/repository';
+import { RepositoryLocked } from '../../src/backup/repository-errors';
 import { Coverage, cutOnGrid, mergeRanges } from '../../src/backup/ranges';
 import { planRestore } from '../../src/backup/restore';
 

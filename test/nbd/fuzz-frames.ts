@@ -2,6 +2,15 @@
 // connections built from them. Pure generation, no sockets. The CI fuzz test and the long
 // campaign (test/stress/nbd-fuzz.ts) both draw from here, so they exercise the same grammar.
 import * as P from '../../src/nbd/protocol';
+import {
+  encodeOption,
+  encodeRequest,
+  encodeU32,
+  REQUEST_COOKIE_AT,
+  REQUEST_LENGTH_AT,
+  REQUEST_OFFSET_AT,
+  requestBytes,
+} from '../../src/nbd/wire';
 import { seededRandom } from '../helpers/random';
 import { RawClient } from './raw-client';
 
@@ -39,12 +48,6 @@ export interface HostileScript {
 
 export type Mode = 'simple' | 'structured' | 'extended';
 
-const u32 = (value: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(value >>> 0, 0);
-  return b;
-};
-
 const NOISE_TABLE_BYTES = 1 << 20;
 let noiseTable: Buffer | undefined;
 
@@ -63,18 +66,9 @@ export function noise(rand: Rand, bytes: number): Buffer {
   return out;
 }
 
-export function optionFrame(code: number, data: Buffer, declaredLength = data.length): Buffer {
-  const header = Buffer.alloc(P.OPTION_HEADER_BYTES);
-  header.writeUInt32BE(P.IHAVEOPT_HI, 0);
-  header.writeUInt32BE(P.IHAVEOPT_LO, 4);
-  header.writeUInt32BE(code >>> 0, 8);
-  header.writeUInt32BE(declaredLength >>> 0, 12);
-  return Buffer.concat([header, data]);
-}
-
 export function clientFlags(rand: Rand): Frame {
   if (rand.next() < 0.03) return { kind: 'flags:random', bytes: noise(rand, 4) };
-  return { kind: 'flags', bytes: u32(rand.next() < 0.2 ? P.NBD_FLAG_C_FIXED_NEWSTYLE : 3) };
+  return { kind: 'flags', bytes: encodeU32(rand.next() < 0.2 ? P.NBD_FLAG_C_FIXED_NEWSTYLE : 3) };
 }
 
 const NAMES = ['', 'nope', 'x/y', '\u00e9', 'a'.repeat(300)];
@@ -169,25 +163,25 @@ function optionOfShape(rand: Rand, exports: readonly FuzzExport[]): Frame {
   const name = code in NAMED_OPTIONS ? P.optionName(code) : 'unknown';
   const shape = rand.int(6);
   if (shape === 0 && code !== P.NBD_OPT_GO && code !== P.NBD_OPT_INFO) {
-    return { kind: `opt:${name}:empty`, bytes: optionFrame(code, Buffer.alloc(0)) };
+    return { kind: `opt:${name}:empty`, bytes: encodeOption(code, Buffer.alloc(0)) };
   }
   if (shape === 1) {
-    return { kind: `opt:${name}:noise`, bytes: optionFrame(code, noise(rand, 1 + rand.int(64))) };
+    return { kind: `opt:${name}:noise`, bytes: encodeOption(code, noise(rand, 1 + rand.int(64))) };
   }
   if (shape === 2) {
     // Around the 64 KiB the server buffers: just under is parsed, just over is discarded unread.
     const bytes = rand.pick([4096, 4097, 65535, 65536, 65537, 65536 + rand.int(200_000)]);
-    return { kind: `opt:${name}:large`, bytes: optionFrame(code, noise(rand, bytes)) };
+    return { kind: `opt:${name}:large`, bytes: encodeOption(code, noise(rand, bytes)) };
   }
   if (shape <= 3 || code === P.NBD_OPT_INFO || code === P.NBD_OPT_GO) {
     const { data, lie } = infoData(rand, exports);
     // A well-formed GO would leave haggling: turn it into INFO, which answers and goes on.
     const sent = code === P.NBD_OPT_GO && lie === 'none' ? P.NBD_OPT_INFO : code;
     const sentName = sent in NAMED_OPTIONS ? P.optionName(sent) : 'unknown';
-    return { kind: `opt:${sentName}:info-${lie}`, bytes: optionFrame(sent, data) };
+    return { kind: `opt:${sentName}:info-${lie}`, bytes: encodeOption(sent, data) };
   }
   const { data, lie } = metaData(rand, exports);
-  return { kind: `opt:${name}:meta-${lie}`, bytes: optionFrame(code, data) };
+  return { kind: `opt:${name}:meta-${lie}`, bytes: encodeOption(code, data) };
 }
 
 const NAMED_OPTIONS: Record<number, true> = Object.fromEntries(
@@ -197,6 +191,21 @@ const NAMED_OPTIONS: Record<number, true> = Object.fromEntries(
 /** A 64-bit value written from a bigint (offsets and lengths go past 2^53). */
 function putU64(buffer: Buffer, value: bigint, at: number): void {
   buffer.writeBigUInt64BE(BigInt.asUintN(64, value), at);
+}
+
+/** A request header with cookie 0 whose offset and length may be any bigint (a compact length wraps). */
+function requestFrame(
+  extended: boolean,
+  flags: number,
+  type: number,
+  offset: bigint,
+  length: bigint,
+): Buffer {
+  const header = encodeRequest(extended, flags, type, 0, 0, 0);
+  putU64(header, offset, REQUEST_OFFSET_AT);
+  if (extended) putU64(header, length, REQUEST_LENGTH_AT);
+  else header.writeUInt32BE(Number(length & 0xffffffffn), REQUEST_LENGTH_AT);
+  return header;
 }
 
 const COMMANDS = [0, 0, 0, 1, 1, 1, 3, 4, 5, 6, 7, 7, 8, 9, 200, 0xffff];
@@ -265,15 +274,9 @@ export function randomRequest(rand: Rand, target: FuzzExport, mode: Mode): Frame
       else if (carriesPayload && length > BigInt(start)) throw new Error('protected range too close to 0');
     }
   }
-  const header = Buffer.alloc(extended ? P.EXTENDED_REQUEST_BYTES : P.COMPACT_REQUEST_BYTES);
-  header.writeUInt32BE(extended ? P.NBD_EXTENDED_REQUEST_MAGIC : P.NBD_REQUEST_MAGIC, 0);
-  header.writeUInt16BE(flags, 4);
-  header.writeUInt16BE(type, 6);
-  header.writeUInt32BE(rand.int(0xffffffff), 8);
-  header.writeUInt32BE(rand.int(0xffffffff), 12);
-  putU64(header, offset, 16);
-  if (extended) putU64(header, length, 24);
-  else header.writeUInt32BE(Number(length & 0xffffffffn), 24);
+  const header = requestFrame(extended, flags, type, offset, length);
+  header.writeUInt32BE(rand.int(0xffffffff), REQUEST_COOKIE_AT);
+  header.writeUInt32BE(rand.int(0xffffffff), REQUEST_COOKIE_AT + 4);
   const kind = `${extended ? 'ext' : mode === 'structured' ? 'sr' : 'compact'}:${P.commandName(type).replace(/^unknown.*/, 'unknown')}${variant}`;
   return { kind, bytes: payload ? Buffer.concat([header, payload]) : header };
 }
@@ -281,13 +284,9 @@ export function randomRequest(rand: Rand, target: FuzzExport, mode: Mode): Frame
 /** A WRITE whose payload is shorter than its header says: what follows is eaten as payload. */
 function shortWrite(rand: Rand, mode: Mode): Frame {
   const extended = mode === 'extended';
-  const header = Buffer.alloc(extended ? 32 : 28);
-  header.writeUInt32BE(extended ? P.NBD_EXTENDED_REQUEST_MAGIC : P.NBD_REQUEST_MAGIC, 0);
-  header.writeUInt16BE(extended ? P.NBD_CMD_FLAG_PAYLOAD_LEN : 0, 4);
-  header.writeUInt16BE(P.NBD_CMD_WRITE, 6);
   const claimed = 512 * (1 + rand.int(128));
-  if (extended) putU64(header, BigInt(claimed), 24);
-  else header.writeUInt32BE(claimed, 24);
+  const flags = extended ? P.NBD_CMD_FLAG_PAYLOAD_LEN : 0;
+  const header = requestFrame(extended, flags, P.NBD_CMD_WRITE, 0n, BigInt(claimed));
   return { kind: 'write-short-payload', bytes: Buffer.concat([header, noise(rand, rand.int(claimed))]) };
 }
 
@@ -301,7 +300,7 @@ function fatalFrame(rand: Rand, phase: 'haggle' | 'transmission', mode: Mode): F
       return phase === 'haggle'
         ? {
             kind: 'fatal:export-name-unknown',
-            bytes: optionFrame(P.NBD_OPT_EXPORT_NAME, Buffer.from('nope')),
+            bytes: encodeOption(P.NBD_OPT_EXPORT_NAME, Buffer.from('nope')),
           }
         : {
             kind: 'fatal:wrong-magic',
@@ -312,13 +311,12 @@ function fatalFrame(rand: Rand, phase: 'haggle' | 'transmission', mode: Mode): F
           };
     case 2: {
       // Payload far over the 32 MiB maximum: the server must hang up, not wait for it.
-      const header = Buffer.alloc(extended ? 32 : 28);
-      header.writeUInt32BE(extended ? P.NBD_EXTENDED_REQUEST_MAGIC : P.NBD_REQUEST_MAGIC, 0);
-      header.writeUInt16BE(extended ? P.NBD_CMD_FLAG_PAYLOAD_LEN : 0, 4);
-      header.writeUInt16BE(extended ? rand.pick([0, 1, 4, 7]) : P.NBD_CMD_WRITE, 6);
-      if (extended) putU64(header, rand.pick([(1n << 25n) + 1n, 1n << 40n, (1n << 64n) - 1n]), 24);
-      else header.writeUInt32BE(rand.pick([(1 << 25) + 1, 0x7fffffff, 0xffffffff]), 24);
-      return { kind: 'fatal:huge-payload', bytes: header };
+      const type = extended ? rand.pick([0, 1, 4, 7]) : P.NBD_CMD_WRITE;
+      const length = extended
+        ? rand.pick([(1n << 25n) + 1n, 1n << 40n, (1n << 64n) - 1n])
+        : BigInt(rand.pick([(1 << 25) + 1, 0x7fffffff, 0xffffffff]));
+      const flags = extended ? P.NBD_CMD_FLAG_PAYLOAD_LEN : 0;
+      return { kind: 'fatal:huge-payload', bytes: requestFrame(extended, flags, type, 0n, length) };
     }
     case 3:
       return shortWrite(rand, mode);
@@ -331,7 +329,7 @@ function fatalFrame(rand: Rand, phase: 'haggle' | 'transmission', mode: Mode): F
       return phase === 'haggle'
         ? {
             kind: 'fatal:option-length-lie',
-            bytes: optionFrame(rand.pick(HAGGLE_OPTIONS), noise(rand, 10), 0xffffffff),
+            bytes: encodeOption(rand.pick(HAGGLE_OPTIONS), noise(rand, 10), 0xffffffff),
           }
         : {
             kind: 'fatal:truncated-header',
@@ -342,22 +340,19 @@ function fatalFrame(rand: Rand, phase: 'haggle' | 'transmission', mode: Mode): F
           };
     default:
       return phase === 'haggle'
-        ? { kind: 'ABORT', bytes: optionFrame(P.NBD_OPT_ABORT, noise(rand, rand.int(3))) }
+        ? { kind: 'ABORT', bytes: encodeOption(P.NBD_OPT_ABORT, noise(rand, rand.int(3))) }
         : { kind: 'fatal:noise', bytes: noise(rand, 1 + rand.int(100)) };
   }
 }
 
 function randomRequestWithMagic(rand: Rand, magic: number): Buffer {
-  const header = noise(rand, magic === P.NBD_EXTENDED_REQUEST_MAGIC ? 32 : 28);
+  const header = noise(rand, requestBytes(magic === P.NBD_EXTENDED_REQUEST_MAGIC));
   header.writeUInt32BE(magic, 0);
   return header;
 }
 
 function disc(extended: boolean): Buffer {
-  const header = Buffer.alloc(extended ? 32 : 28);
-  header.writeUInt32BE(extended ? P.NBD_EXTENDED_REQUEST_MAGIC : P.NBD_REQUEST_MAGIC, 0);
-  header.writeUInt16BE(P.NBD_CMD_DISC, 6);
-  return header;
+  return requestFrame(extended, 0, P.NBD_CMD_DISC, 0n, 0n);
 }
 
 /** The options that put a session in `mode` with some contexts selected (maybe bogus ones). */
@@ -377,20 +372,20 @@ function negotiate(rand: Rand, target: FuzzExport, mode: Mode): Frame[] {
     const queries = Array.from({ length: rand.int(4) }, () => rand.pick(choices));
     frames.push({
       kind: 'opt:SET_META_CONTEXT',
-      bytes: optionFrame(P.NBD_OPT_SET_META_CONTEXT, RawClient.metaRequest(target.name, queries)),
+      bytes: encodeOption(P.NBD_OPT_SET_META_CONTEXT, RawClient.metaRequest(target.name, queries)),
     });
   }
   const infos = rand.next() < 0.5 ? [P.NBD_INFO_BLOCK_SIZE] : [];
   frames.push({
     kind: 'opt:GO',
-    bytes: optionFrame(P.NBD_OPT_GO, RawClient.infoRequest(target.name, infos)),
+    bytes: encodeOption(P.NBD_OPT_GO, RawClient.infoRequest(target.name, infos)),
   });
   return frames;
 }
 
 /** The bytes ahead of a session opened with EXPORT_NAME (no replies to wait for). */
 function exportNameOpen(target: FuzzExport): Frame {
-  return { kind: 'opt:EXPORT_NAME', bytes: optionFrame(P.NBD_OPT_EXPORT_NAME, Buffer.from(target.name)) };
+  return { kind: 'opt:EXPORT_NAME', bytes: encodeOption(P.NBD_OPT_EXPORT_NAME, Buffer.from(target.name)) };
 }
 
 function script(
@@ -446,12 +441,10 @@ function floodScript(rand: Rand, exports: readonly FuzzExport[]): HostileScript 
   const mode = rand.pick<Mode>(['simple', 'structured', 'extended']);
   const readReplies = rand.next() < 0.6;
   const frames = [clientFlags(rand), ...negotiate(rand, target, mode)];
-  frames[0] = { kind: 'flags', bytes: u32(3) };
+  frames[0] = { kind: 'flags', bytes: encodeU32(3) };
   const count = 2000 + rand.int(3000);
   const readBytes = readReplies ? 4096 : 1 << 20;
   for (let i = 0; i < count; i++) {
-    const header = Buffer.alloc(mode === 'extended' ? 32 : 28);
-    header.writeUInt32BE(mode === 'extended' ? P.NBD_EXTENDED_REQUEST_MAGIC : P.NBD_REQUEST_MAGIC, 0);
     const type = rand.pick([
       P.NBD_CMD_READ,
       P.NBD_CMD_READ,
@@ -459,13 +452,10 @@ function floodScript(rand: Rand, exports: readonly FuzzExport[]): HostileScript 
       P.NBD_CMD_CACHE,
       P.NBD_CMD_FLUSH,
     ]);
-    header.writeUInt16BE(type, 6);
-    header.writeUInt32BE(i, 12);
     const length = type === P.NBD_CMD_FLUSH ? 0 : Math.min(readBytes, target.sizeBytes);
     const offset = type === P.NBD_CMD_FLUSH ? 0 : 512 * rand.int((target.sizeBytes - length) / 512 + 1);
-    putU64(header, BigInt(offset), 16);
-    if (mode === 'extended') putU64(header, BigInt(length), 24);
-    else header.writeUInt32BE(length, 24);
+    const header = requestFrame(mode === 'extended', 0, type, BigInt(offset), BigInt(length));
+    header.writeUInt32BE(i, REQUEST_COOKIE_AT + 4);
     frames.push({ kind: `flood:${P.commandName(type)}`, bytes: header });
   }
   return script(`flood-${readReplies ? 'reading' : 'never-reading'}`, frames, rand, {
@@ -496,17 +486,17 @@ export function hostileScript(rand: Rand, exports: readonly FuzzExport[]): Hosti
  * sending its first i bytes and hanging up, for every i, closes at every byte of every frame.
  */
 export function sweepFrames(target: FuzzExport, mode: Mode): Frame[] {
-  const frames: Frame[] = [{ kind: 'flags', bytes: u32(3) }];
-  frames.push({ kind: 'opt:LIST', bytes: optionFrame(P.NBD_OPT_LIST, Buffer.alloc(0)) });
+  const frames: Frame[] = [{ kind: 'flags', bytes: encodeU32(3) }];
+  frames.push({ kind: 'opt:LIST', bytes: encodeOption(P.NBD_OPT_LIST, Buffer.alloc(0)) });
   const info = RawClient.infoRequest(target.name, [P.NBD_INFO_BLOCK_SIZE]);
-  frames.push({ kind: 'opt:INFO', bytes: optionFrame(P.NBD_OPT_INFO, info) });
+  frames.push({ kind: 'opt:INFO', bytes: encodeOption(P.NBD_OPT_INFO, info) });
   if (mode === 'extended') frames.push(optionOnly('opt:EXTENDED_HEADERS', P.NBD_OPT_EXTENDED_HEADERS));
   if (mode === 'structured') frames.push(optionOnly('opt:STRUCTURED_REPLY', P.NBD_OPT_STRUCTURED_REPLY));
   if (mode !== 'simple') {
     const meta = RawClient.metaRequest(target.name, ['base:allocation']);
-    frames.push({ kind: 'opt:SET_META_CONTEXT', bytes: optionFrame(P.NBD_OPT_SET_META_CONTEXT, meta) });
+    frames.push({ kind: 'opt:SET_META_CONTEXT', bytes: encodeOption(P.NBD_OPT_SET_META_CONTEXT, meta) });
   }
-  frames.push({ kind: 'opt:GO', bytes: optionFrame(P.NBD_OPT_GO, info) });
+  frames.push({ kind: 'opt:GO', bytes: encodeOption(P.NBD_OPT_GO, info) });
   const extended = mode === 'extended';
   for (const type of [
     P.NBD_CMD_READ,
@@ -516,13 +506,9 @@ export function sweepFrames(target: FuzzExport, mode: Mode): Frame[] {
     P.NBD_CMD_DISC,
   ]) {
     const payload = type === P.NBD_CMD_WRITE ? Buffer.alloc(512, 0x5a) : undefined;
-    const header = Buffer.alloc(extended ? 32 : 28);
-    header.writeUInt32BE(extended ? P.NBD_EXTENDED_REQUEST_MAGIC : P.NBD_REQUEST_MAGIC, 0);
-    header.writeUInt16BE(extended && payload ? P.NBD_CMD_FLAG_PAYLOAD_LEN : 0, 4);
-    header.writeUInt16BE(type, 6);
+    const flags = extended && payload ? P.NBD_CMD_FLAG_PAYLOAD_LEN : 0;
     const length = type === P.NBD_CMD_FLUSH || type === P.NBD_CMD_DISC ? 0 : 512;
-    if (extended) putU64(header, BigInt(length), 24);
-    else header.writeUInt32BE(length, 24);
+    const header = requestFrame(extended, flags, type, 0n, BigInt(length));
     const bytes = payload ? Buffer.concat([header, payload]) : header;
     frames.push({ kind: `sweep:${P.commandName(type)}`, bytes });
   }
@@ -530,5 +516,5 @@ export function sweepFrames(target: FuzzExport, mode: Mode): Frame[] {
 }
 
 function optionOnly(kind: string, code: number): Frame {
-  return { kind, bytes: optionFrame(code, Buffer.alloc(0)) };
+  return { kind, bytes: encodeOption(code, Buffer.alloc(0)) };
 }

@@ -6,9 +6,10 @@
 import net from 'node:net';
 import { log } from '../../src/log';
 import * as P from '../../src/nbd/protocol';
+import { encodeOption, encodeRequest, encodeU32 } from '../../src/nbd/wire';
 import { seededRandom } from '../helpers/random';
 import { FuzzStats, goodClient, runHostile } from './fuzz-clients';
-import { type FuzzExport, hostileScript, optionFrame, sweepFrames } from './fuzz-frames';
+import { type FuzzExport, hostileScript, sweepFrames } from './fuzz-frames';
 import { HoleyDevice, startTestServer, type TestServer } from './helpers';
 import { RawClient } from './raw-client';
 
@@ -137,18 +138,12 @@ describe('fuzzing the NBD server', () => {
     socket.pause(); // never read
     const before = process.memoryUsage().rss;
     const handshake = Buffer.concat([
-      Buffer.from([0, 0, 0, 3]),
-      optionFrame(P.NBD_OPT_GO, RawClient.infoRequest('disk', [])),
+      encodeU32(P.NBD_FLAG_C_FIXED_NEWSTYLE | P.NBD_FLAG_C_NO_ZEROES),
+      encodeOption(P.NBD_OPT_GO, RawClient.infoRequest('disk', [])),
     ]);
     const reads: Buffer[] = [];
     for (let i = 0; i < 4000; i++) {
-      const header = Buffer.alloc(28);
-      header.writeUInt32BE(P.NBD_REQUEST_MAGIC, 0);
-      header.writeUInt16BE(P.NBD_CMD_READ, 6);
-      header.writeUInt32BE(i, 12);
-      header.writeUInt32BE((i % 15) * MiB, 20);
-      header.writeUInt32BE(MiB, 24);
-      reads.push(header);
+      reads.push(encodeRequest(false, 0, P.NBD_CMD_READ, i, (i % 15) * MiB, MiB));
     }
     // 4000 × 1 MiB READs = 4 GiB of replies if the server did not stop reading requests.
     socket.write(Buffer.concat([handshake, ...reads]));

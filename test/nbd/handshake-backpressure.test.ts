@@ -3,7 +3,7 @@
 import net from 'node:net';
 import { log } from '../../src/log';
 import * as P from '../../src/nbd/protocol';
-import { optionFrame } from './fuzz-frames';
+import { encodeOption } from '../../src/nbd/wire';
 import { startTestServer, type TestServer } from './helpers';
 import { RawClient } from './raw-client';
 
@@ -26,7 +26,7 @@ describe('handshake backpressure', () => {
     socket.on('error', () => undefined);
     await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
     // No 'data' listener: this client never reads. Each 32-byte INFO earns ~90 bytes of replies.
-    const info = optionFrame(P.NBD_OPT_INFO, RawClient.infoRequest('disk', [P.NBD_INFO_BLOCK_SIZE]));
+    const info = encodeOption(P.NBD_OPT_INFO, RawClient.infoRequest('disk', [P.NBD_INFO_BLOCK_SIZE]));
     const options = 300_000;
     const stream = Buffer.alloc(4 + options * info.length);
     stream.writeUInt32BE(3, 0);

@@ -10,6 +10,7 @@ import { dumpDevices } from '../../src/thin/dump';
 import { makeTempDir, sparseFile } from '../helpers/tmp';
 import { thinCheckBoth } from '../helpers/thin-oracle';
 import { seededRandom, testSeed } from '../helpers/random';
+import { note } from '../helpers/notes';
 
 const OPERATIONS = Number(process.env.MODEL_OPERATIONS ?? 100_000);
 const COMMIT_EVERY = 300;
@@ -78,7 +79,7 @@ describe('B-tree and space maps against a model', () => {
       const r = rnd.next();
       if (op <= fill) {
         const vblock = op * 2;
-        const dataBlock = md.allocDataBlock();
+        const dataBlock = md.dataSm.counts.allocate()!;
         md.insertMapping(0, vblock, dataBlock);
         model.get(0)!.set(vblock, dataBlock);
         keys.get(0)!.push(vblock);
@@ -98,7 +99,7 @@ describe('B-tree and space maps against a model', () => {
       } else if (r < (growing ? 0.8 : 0.3)) {
         // Mostly clustered keys, as real writes are, with some scattered ones.
         const vblock = rnd.next() < 0.7 ? (op * 13 + rnd.int(64)) % VBLOCKS : rnd.int(VBLOCKS);
-        const dataBlock = md.allocDataBlock();
+        const dataBlock = md.dataSm.counts.allocate()!;
         if (dev.has(vblock)) stats.overwrite++;
         else {
           stats.insert++;
@@ -153,6 +154,6 @@ describe('B-tree and space maps against a model', () => {
     expect(stats.snap).toBeGreaterThan(0);
     expect(stats.remove).toBeGreaterThan(OPERATIONS / 10);
     expect(maxDepth).toBeGreaterThanOrEqual(OPERATIONS >= 100_000 ? 2 : 1);
-    console.log(JSON.stringify({ seed, commits, toolChecks, maxDepth, ...stats }));
+    note(JSON.stringify({ seed, commits, toolChecks, maxDepth, ...stats }));
   }, 600_000);
 });

@@ -200,7 +200,7 @@ describe('catalogue and metadata that disagree', () => {
     await pool.close();
     const md = ThinMetadata.open(poolPaths(dir).metadata);
     md.createThin(7);
-    md.insertMapping(7, 40, md.allocDataBlock());
+    md.insertMapping(7, 40, md.dataSm.counts.allocate()!);
     md.setTransactionId(md.sb.transactionId, md.sb.transactionId + 5);
     md.commit();
     md.close();

@@ -89,4 +89,42 @@ describe('commit policy', () => {
     await pool.close();
     expect(checkMetadata(path.join(dir, 'metadata')).errors).toEqual([]);
   });
+
+  it('flushes with nothing to make durable hold no I/O back, and queued flushes share a commit', async () => {
+    const dir = path.join(tmp.dir, 'coalesce');
+    const pool = await Pool.create(dir, { dataSizeBytes: 2 ** 26 }, { commitIntervalMs: 0 });
+    await pool.createThin(1, 16 * BLOCK);
+    const dev = pool.device(1);
+    await pool.flush();
+    const idle = counters(pool);
+    // Nothing written since: a flood of flushes costs no sync and no commit.
+    await Promise.all(Array.from({ length: 100 }, () => pool.flush()));
+    expect(counters(pool)).toEqual(idle);
+
+    // A write, then flushes sent together: the first queues a commit, the rest join it.
+    await dev.write(0, Buffer.alloc(BLOCK, 7));
+    await Promise.all(Array.from({ length: 50 }, () => pool.flush()));
+    const after = counters(pool);
+    expect(after.dataSyncs).toBe(idle.dataSyncs + 1);
+    expect(after.commits).toBe(idle.commits + 1);
+
+    // A write that finishes while a commit runs is covered by a later flush, not lost.
+    await dev.write(BLOCK, Buffer.alloc(BLOCK, 8));
+    const first = pool.flush();
+    const late = dev.write(2 * BLOCK, Buffer.alloc(BLOCK, 9)).then(() => pool.flush());
+    await Promise.all([first, late]);
+    expect(pool.status().dataSyncs).toBeGreaterThan(after.dataSyncs);
+    await pool.close();
+    expect(checkMetadata(path.join(dir, 'metadata')).errors).toEqual([]);
+    const reopened = await Pool.open(dir, { commitIntervalMs: 0 });
+    for (const [block, fill] of [
+      [0, 7],
+      [1, 8],
+      [2, 9],
+    ])
+      expect((await reopened.device(1).read(block * BLOCK, BLOCK)).equals(Buffer.alloc(BLOCK, fill))).toBe(
+        true,
+      );
+    await reopened.close();
+  });
 });

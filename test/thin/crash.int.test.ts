@@ -11,6 +11,7 @@ import { checkMetadata } from '../../src/thin/check';
 import { makeTempDir } from '../helpers/tmp';
 import { thinCheckBoth } from '../helpers/thin-oracle';
 import { seededRandom, testSeed } from '../helpers/random';
+import { note } from '../helpers/notes';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { fillPattern } = require('../helpers/crash-pattern') as {
@@ -139,6 +140,6 @@ describe('crash consistency under SIGKILL', () => {
       for (const [id, b] of next) baseline.set(id, b);
     }
     expect(writesChecked).toBeGreaterThan(TRIALS);
-    console.log(JSON.stringify({ seed, trials: TRIALS, writesChecked, snapshots }));
+    note(JSON.stringify({ seed, trials: TRIALS, writesChecked, snapshots }));
   }, 900_000);
 });

@@ -114,9 +114,9 @@ describe('a held metadata snapshot on restored metadata', () => {
     const frozen = dumpXml(md);
     md.reserveMetadataSnap();
     // Change both devices after the reservation: remap, unmap and add.
-    md.insertMapping(3, 0, md.allocDataBlock());
+    md.insertMapping(3, 0, md.dataSm.counts.allocate()!);
     md.removeMapping(7, 77);
-    md.insertMapping(7, 9999, md.allocDataBlock());
+    md.insertMapping(7, 9999, md.dataSm.counts.allocate()!);
     md.commit();
     const live = dumpXml(md);
     const held = dumpXml(md, md.heldSuperblock()!);

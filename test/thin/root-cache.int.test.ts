@@ -15,13 +15,13 @@ it('sees a removal at once when the top-level root was already shadowed in the t
   });
   md.createThin(1);
   md.createThin(2);
-  md.insertMapping(1, 5, md.allocDataBlock());
+  md.insertMapping(1, 5, md.dataSm.counts.allocate()!);
   md.commit();
-  md.insertMapping(2, 0, md.allocDataBlock()); // shadows the top-level root
+  md.insertMapping(2, 0, md.dataSm.counts.allocate()!); // shadows the top-level root
   expect(md.lookupMapping(1, 5)).toBeDefined(); // fills the cache
   expect(md.removeMapping(1, 5)).toBe(true);
   expect(md.lookupMapping(1, 5)).toBeUndefined();
-  const block = md.allocDataBlock();
+  const block = md.dataSm.counts.allocate()!;
   md.insertMapping(1, 6, block);
   expect(md.lookupMapping(1, 6)?.dataBlock).toBe(block);
   expect(md.lookupMapping(1, 5)).toBeUndefined();

@@ -14,6 +14,7 @@ import {
   runVm,
   thinpool,
 } from './harness';
+import { note } from '../helpers/notes';
 
 jest.setTimeout(240_000);
 
@@ -108,7 +109,7 @@ describeVm('kernel NBD client against thinpool nbd serve', () => {
       expect(metric(m, 'thinpool_nbd_bytes_total', { export: 'b', op: 'write' })).toBeGreaterThan(
         16 * 2 ** 20,
       );
-      console.log(
+      note(
         `${mode}: VM run ${r.durationMs} ms; ext4 ${r.markers['a.seconds']} s, xfs ${r.markers['b.seconds']} s`,
       );
     },
@@ -149,7 +150,7 @@ detach nbd0
       const m = await server.metrics();
       const usedAfter = metric(m, 'thinpool_pool_data_blocks_used', {});
       const trimmed = metric(m, 'thinpool_nbd_bytes_total', { export: 'a', op: 'trim' }) - trimBefore;
-      console.log(
+      note(
         `trim: ${r.markers.fstrim}; server trim bytes ${trimmed}; data blocks ${usedBefore} -> ${usedAfter}`,
       );
       expect(r.markers.fstrim).toMatch(/trimmed/);
@@ -223,6 +224,6 @@ done
     );
     expect(r.markers['netlink.error']).toMatch(/nope|not_present|unknown|Server_said/i);
     expect(r.markers['ioctl.error']).toMatch(/nope|not_present|unknown|Server_said/i);
-    console.log(`wrong export: ${r.markers['netlink.error']}`);
+    note(`wrong export: ${r.markers['netlink.error']}`);
   });
 });

@@ -6,6 +6,7 @@
 import path from 'node:path';
 import { makeTempDir } from '../helpers/tmp';
 import { ControlServer, NbdServe, VmRun, describeVm, expectPass, tail, thinpool } from './harness';
+import { note } from '../helpers/notes';
 
 jest.setTimeout(300_000);
 
@@ -118,7 +119,7 @@ describeVm('NBD server restarts under a mounted kernel NBD device', () => {
       const r = expectPass(await vm.result);
       const latencies = (r.all.wrote ?? []).map((l) => Number(l.split(' ')[1]));
       const reconnects = r.console.match(/^nbd-reconnect: .*reconnected.*$/gm) ?? [];
-      console.log(
+      note(
         [
           `mode ${mode}: ${r.markers.acked} files fsynced and verified after a cold remount`,
           ...stalls,

@@ -5,6 +5,7 @@ import { Pool } from '../../thin/pool';
 import { deviceExport } from '../../serve/device-exports';
 import { logger } from '../../log';
 import { CommandFailed } from '../errors';
+import { type HostPort, parseHostPort } from '../../util/host-port';
 import { registerNbdServerMetrics } from '../../metrics/nbd-metrics';
 import { registerPoolMetrics } from '../../metrics/pool-metrics';
 import { startMetricsServer } from '../../metrics/http';
@@ -23,10 +24,13 @@ function parseExport(text: string): ExportSpec {
   return { name: m[1], deviceId: Number(m[2]), readOnly: Boolean(m[3]) };
 }
 
-export function parseListen(text: string): { host: string; port: number } {
-  const m = /^(.*):(\d+)$/.exec(text);
-  if (!m || Number(m[2]) > 65535) throw new CommandFailed(`--listen "${text}" is not host:port`);
-  return { host: m[1].replace(/^\[(.*)\]$/, '$1'), port: Number(m[2]) };
+/** `flag`'s host:port, or a CommandFailed that names the flag. */
+export function parseListen(text: string, flag = '--listen'): HostPort {
+  try {
+    return parseHostPort(text, flag);
+  } catch (e) {
+    throw new CommandFailed((e as Error).message);
+  }
 }
 
 export function nbdCommands(yargs: Argv): Argv {
@@ -92,7 +96,9 @@ export function nbdCommands(yargs: Argv): Argv {
         for (const spec of specs) server.addExport(deviceExport(pool, { ...spec, deltaBases: ids }));
         registerNbdServerMetrics(server);
         registerPoolMetrics(argv.pool, () => pool);
-        const metricsAt = argv['metrics-listen'] ? parseListen(String(argv['metrics-listen'])) : undefined;
+        const metricsAt = argv['metrics-listen']
+          ? parseListen(String(argv['metrics-listen']), '--metrics-listen')
+          : undefined;
         const metrics = metricsAt
           ? await startMetricsServer({ ...metricsAt, healthy: () => pool.readOnlyBecause === undefined })
           : undefined;

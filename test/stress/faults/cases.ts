@@ -6,7 +6,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
-import { NbdClient, NbdError } from '../../../src/backup/nbd-client';
+import { NbdClient, NbdError } from '../../../src/nbd/client';
+import { errorName } from '../../../src/nbd/protocol';
 import { checkMetadata } from '../../../src/thin/check';
 import { Pool } from '../../../src/thin/pool';
 import { thinCheckBoth } from '../../helpers/thin-oracle';
@@ -159,21 +160,13 @@ export interface CaseOutcome {
   log: string;
 }
 
-const NBD_ERRNO: Record<number, string> = {
-  1: 'EPERM',
-  5: 'EIO',
-  22: 'EINVAL',
-  28: 'ENOSPC',
-  108: 'ESHUTDOWN',
-};
-
 /** 'ok', an NBD errno name, or 'DISCONNECT' (not an NBD error reply: a failure of its own). */
 async function outcome(run: () => Promise<unknown>): Promise<string> {
   try {
     await run();
     return 'ok';
   } catch (e) {
-    if (e instanceof NbdError) return NBD_ERRNO[e.code] ?? `errno ${e.code}`;
+    if (e instanceof NbdError) return errorName(e.code);
     return `DISCONNECT (${(e as Error).message})`;
   }
 }

@@ -2,7 +2,7 @@
 // requests in flight (writes, FUA writes, trims, zeroes, flushes, verifying reads) and one CSI
 // caller changing the device set and the catalogue, until the kill plan fires a SIGKILL.
 import * as grpc from '@grpc/grpc-js';
-import { NbdClient, parseNbdEndpoint } from '../../../src/backup/nbd-client';
+import { NbdClient, parseNbdEndpoint } from '../../../src/nbd/client';
 import { type Change, Content, SECTOR, fillPattern } from './content';
 import { BLOCK_CAPABILITY, type CsiCalls } from './csi';
 import type { DeviceObject, Model } from './model';

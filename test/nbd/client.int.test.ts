@@ -1,12 +1,12 @@
-// The backup tool's NBD client against our server (in process) and two independent servers
-// (nbdkit memory, qemu-nbd on qcow2), so it is known to be a real client and not a mirror of ours.
+// The NBD client (backup and restore use it) against our server (in process) and two independent
+// servers (nbdkit memory, qemu-nbd on qcow2), so it is known to be a real client, not our mirror.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { NbdClient, NbdConnectionPool, NbdError, parseNbdEndpoint } from '../../src/backup/nbd-client';
-import { HoleyDevice, startTestServer, type TestServer } from '../nbd/helpers';
+import { NbdClient, NbdConnectionPool, NbdError, parseNbdEndpoint } from '../../src/nbd/client';
+import { HoleyDevice, startTestServer, type TestServer } from './helpers';
 
 const MiB = 1024 * 1024;
 
