@@ -100,24 +100,6 @@ export class BlockManager {
     this.evict();
   }
 
-  /**
-   * As `flush`, running `meanwhile` on this thread while the sync is in flight on another (it
-   * must not use this manager). A failed sync is thrown before a failure of `meanwhile`.
-   */
-  async flushOverlapped(except: ReadonlySet<number>, meanwhile: () => void): Promise<void> {
-    this.writeDirty(except);
-    const synced = this.syncAsync();
-    let failure: { error: unknown } | undefined;
-    try {
-      meanwhile();
-    } catch (error) {
-      failure = { error };
-    }
-    await synced;
-    if (failure) throw failure.error;
-    this.evict();
-  }
-
   private writeDirty(except: ReadonlySet<number>): void {
     this.checkNoWriteFailure();
     const locations = [...this.dirty].filter((location) => !except.has(location));
@@ -178,20 +160,6 @@ export class BlockManager {
       throw e;
     }
     this.stats.syncs++;
-  }
-
-  private syncAsync(): Promise<void> {
-    return new Promise((resolve, reject) =>
-      fs.fsync(this.fd, (e) => {
-        if (e) {
-          this.writeFailure ??= e;
-          reject(e);
-          return;
-        }
-        this.stats.syncs++;
-        resolve();
-      }),
-    );
   }
 
   private checkNoWriteFailure(): void {

@@ -58,22 +58,17 @@ export class DeviceSet {
       await this.txn.commitNow();
       const from = md.sb.transactionId;
       const to = from + 1;
-      // The intent has to be durable before the superblock is written, not before the other
-      // metadata blocks: it is recorded while they sync.
-      const recordIntent = () => {
-        this.catalogue.recordIntent(
-          op === 'create'
-            ? { op, id, entry: entry!, fromTransactionId: from, toTransactionId: to }
-            : { op, id, fromTransactionId: from, toTransactionId: to },
-        );
-        faultPoint(`${op}:after-intent`);
-      };
+      this.catalogue.recordIntent(
+        op === 'create'
+          ? { op, id, entry: entry!, fromTransactionId: from, toTransactionId: to }
+          : { op, id, fromTransactionId: from, toTransactionId: to },
+      );
+      faultPoint(`${op}:after-intent`);
       try {
-        const change = () => {
+        await this.txn.metadataChange(() => {
           apply(md, id);
           md.setTransactionId(from, to);
-        };
-        await this.txn.metadataChange(change, recordIntent);
+        });
       } catch (e) {
         if (!(e instanceof PoolReadOnlyError)) this.catalogue.abandonIntent();
         throw e;

@@ -216,17 +216,6 @@ export class ThinMetadata {
     this.finishCommit();
   }
 
-  /**
-   * As `commit`, running `beforeSuperblock` while the other blocks sync: what must be durable
-   * before the superblock moves on (a catalogue intent) costs no sync of its own in wall time.
-   * When anything fails, the in-memory state is half-committed and must be dropped.
-   */
-  async commitAfter(beforeSuperblock: () => void): Promise<void> {
-    this.prepareCommit();
-    await this.bm.flushOverlapped(SUPERBLOCK_ONLY, beforeSuperblock);
-    this.finishCommit();
-  }
-
   private prepareCommit(): void {
     for (const [id, d] of this.changedDetails) {
       this.sb.deviceDetailsRoot = this.details.insert(this.sb.deviceDetailsRoot, id, encodeDetails(d));

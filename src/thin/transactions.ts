@@ -142,21 +142,19 @@ export class Transactions {
     if (this.readOnlyReason) return;
     if (!metadataChanged && (!this.data.hasUnsyncedWrites || dataOnlyIfMapped)) return;
     await this.syncData();
-    if (metadataChanged) await this.commitMetadata();
+    if (metadataChanged) this.commitMetadata();
   }
 
-  /**
-   * A metadata change run alone (inside the exclusive section), committed at once.
-   * `beforeSuperblock` runs while the commit's other blocks sync; if it fails, the change is
-   * dropped with the pool turning read-only (it is for writes that must precede the commit).
-   */
-  async metadataChange<T>(fn: () => T, beforeSuperblock?: () => void): Promise<T> {
+  /** A metadata change run alone (inside the exclusive section), committed at once. */
+  async metadataChange<T>(fn: () => T): Promise<T> {
     this.checkWritable();
     // The commit also carries the mappings of writes made since the last one: their data first.
     await this.syncData();
-    const result = this.guardMetadata(fn);
-    await this.commitMetadata(beforeSuperblock);
-    return result;
+    return this.guardMetadata(() => {
+      const result = fn();
+      this.commitMetadata();
+      return result;
+    });
   }
 
   /** Running out of metadata space turns the pool read-only with needs_check set. */
@@ -210,25 +208,13 @@ export class Transactions {
 
   // A commit that fails half-way leaves blocks written or not, synced or not, and the block
   // manager refusing further commits: carry on read-only from the last commit, as dm-thin does.
-  private async commitMetadata(beforeSuperblock?: () => void): Promise<void> {
-    let beforeFailed: { error: unknown } | undefined;
-    const before = () => {
-      try {
-        beforeSuperblock!();
-      } catch (error) {
-        beforeFailed = { error };
-        throw error;
-      }
-    };
+  private commitMetadata(): void {
     try {
-      if (beforeSuperblock) await this.md.commitAfter(before);
-      else this.md.commit();
+      this.md.commit();
     } catch (e) {
       if (e instanceof NoMetadataSpaceError) this.failMetadata(e);
-      // The metadata on disk is sound when only the step before the superblock failed.
-      const metadataFailed = beforeFailed?.error !== e;
-      const error = this.failIo(e, metadataFailed ? 'metadata' : 'catalogue');
-      this.dropUncommitted(metadataFailed);
+      const error = this.failIo(e, 'metadata');
+      this.dropUncommitted(true);
       throw error;
     }
     this.commits++;
@@ -256,7 +242,7 @@ export class Transactions {
   // The kernel reports a failed sync once and may drop the pages it could not write, so after
   // a failed write or sync of the pool's files nothing acknowledged since the last commit can be
   // made durable: the pool turns read-only and every later flush fails (until it is reopened).
-  private failIo(cause: unknown, file: 'data' | 'metadata' | 'catalogue'): PoolReadOnlyError {
+  private failIo(cause: unknown, file: 'data' | 'metadata'): PoolReadOnlyError {
     if (cause instanceof PoolReadOnlyError) return cause;
     if (!this.failure) {
       const message = (cause as Error).message;
