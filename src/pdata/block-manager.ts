@@ -6,7 +6,6 @@ import { MetadataIoError, MetadataReadOnlyError } from './errors';
 interface CachedBlock {
   data: Buffer;
   validator: BlockValidator;
-  dirty: boolean;
   /** Read since eviction last passed it (a second chance, as in CLOCK). */
   used: boolean;
 }
@@ -54,14 +53,14 @@ export class BlockManager {
       // lookup on the I/O path reads two to four cached blocks).
       hit.used = true;
       if (hit.validator !== validator) {
-        if (!hit.dirty) validator.check(hit.data, location);
+        if (!this.dirty.has(location)) validator.check(hit.data, location);
         hit.validator = validator;
       }
       return hit.data;
     }
     const data = this.readRaw(location);
     validator.check(data, location);
-    this.insert(location, { data, validator, dirty: false, used: false });
+    this.insert(location, { data, validator, used: false });
     return data;
   }
 
@@ -78,7 +77,7 @@ export class BlockManager {
   /** The block, to be modified in place and written at the next flush. */
   writable(location: number, validator: BlockValidator): Buffer {
     const data = this.read(location, validator);
-    this.markDirty(location);
+    this.dirty.add(location);
     return data;
   }
 
@@ -88,19 +87,13 @@ export class BlockManager {
     this.dirty.delete(location);
     this.cache.delete(location);
     const data = Buffer.alloc(METADATA_BLOCK_SIZE);
-    this.insert(location, { data, validator, dirty: false, used: false });
-    this.markDirty(location);
+    this.insert(location, { data, validator, used: false });
+    this.dirty.add(location);
     return data;
   }
 
   /** Writes every dirty block except those in `except`, then syncs the device. */
   flush(except: ReadonlySet<number> = new Set()): void {
-    this.writeDirty(except);
-    this.sync();
-    this.evict();
-  }
-
-  private writeDirty(except: ReadonlySet<number>): void {
     this.checkNoWriteFailure();
     const locations = [...this.dirty].filter((location) => !except.has(location));
     locations.sort((a, b) => a - b);
@@ -112,6 +105,8 @@ export class BlockManager {
       this.writeAt(locations[i], run.length === 1 ? run[0] : Buffer.concat(run));
       i = j;
     }
+    this.sync();
+    this.evict();
   }
 
   /** Seals and writes one block now, then syncs: the superblock, last in a commit. */
@@ -122,7 +117,7 @@ export class BlockManager {
     this.sync();
     this.dirty.delete(location);
     this.cache.delete(location);
-    this.insert(location, { data: Buffer.from(data), validator, dirty: false, used: false });
+    this.insert(location, { data: Buffer.from(data), validator, used: false });
   }
 
   close(): void {
@@ -133,7 +128,6 @@ export class BlockManager {
   private seal(location: number): Buffer {
     const entry = this.cache.get(location)!;
     entry.validator.prepareForWrite(entry.data, location);
-    entry.dirty = false;
     this.dirty.delete(location);
     return entry.data;
   }
@@ -170,12 +164,6 @@ export class BlockManager {
     );
   }
 
-  private markDirty(location: number): void {
-    const entry = this.cache.get(location)!;
-    entry.dirty = true;
-    this.dirty.add(location);
-  }
-
   private insert(location: number, entry: CachedBlock): void {
     this.cache.set(location, entry);
     // Evict in batches so that a cache full of dirty blocks is not rescanned on every insert.
@@ -189,7 +177,7 @@ export class BlockManager {
     // entries come round again in this loop, unmarked, so it ends).
     for (const [location, entry] of this.cache) {
       if (excess <= 0) break;
-      if (entry.dirty) continue;
+      if (this.dirty.has(location)) continue;
       this.cache.delete(location);
       if (entry.used) {
         entry.used = false;

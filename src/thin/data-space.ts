@@ -41,7 +41,7 @@ export class DataSpace {
   ) {}
 
   private get counts() {
-    return this.md().dataSm!.counts;
+    return this.md().dataSm.counts;
   }
 
   /** A data block with one reference; throws NoDataSpaceError when none is free now. */
@@ -52,10 +52,10 @@ export class DataSpace {
     const block = counts.allocate();
     if (block === undefined) throw new NoDataSpaceError();
     const low = this.options.lowWaterBlocks;
-    if (low !== undefined && !this.lowWaterRaised && counts.nrFree < low) {
+    const free = counts.nrFree;
+    if (low !== undefined && !this.lowWaterRaised && free < low) {
       this.lowWaterRaised = true;
-      log.warn('data space below the low-water mark', { freeBlocks: counts.nrFree, lowWaterBlocks: low });
-      const free = counts.nrFree;
+      log.warn('data space below the low-water mark', { freeBlocks: free, lowWaterBlocks: low });
       setImmediate(() => this.events.lowWater(free));
     }
     return block;
@@ -68,8 +68,7 @@ export class DataSpace {
 
   /** The data space map grew to `nrBlocks` (if larger): waiting writers try again. */
   grow(nrBlocks: number): void {
-    const counts = this.counts;
-    if (nrBlocks > counts.nrBlocks) this.md().dataSm!.extend(nrBlocks);
+    if (nrBlocks > this.counts.nrBlocks) this.md().dataSm.extend(nrBlocks);
     this.lowWaterRaised = false;
     for (const wake of this.waiters.splice(0)) wake();
   }

@@ -211,12 +211,6 @@ export class ThinMetadata {
    * the superblock is flushed and synced, then the superblock is written and synced.
    */
   commit(): void {
-    this.prepareCommit();
-    this.bm.flush(SUPERBLOCK_ONLY);
-    this.finishCommit();
-  }
-
-  private prepareCommit(): void {
     for (const [id, d] of this.changedDetails) {
       this.sb.deviceDetailsRoot = this.details.insert(this.sb.deviceDetailsRoot, id, encodeDetails(d));
     }
@@ -225,9 +219,7 @@ export class ThinMetadata {
     this.metadataSm.commit(this.tm);
     this.sb.dataSpaceMap = this.dataSm.root();
     this.sb.metadataSpaceMap = this.metadataSm.root();
-  }
-
-  private finishCommit(): void {
+    this.bm.flush(SUPERBLOCK_ONLY);
     this.bm.writeNow(SUPERBLOCK_LOCATION, encodeSuperblock(this.sb), superblockValidator);
     this.dataSm.committed();
     this.metadataSm.committed();

@@ -117,8 +117,7 @@ export class Transactions {
    */
   commit(): Promise<void> {
     if (this.failure) return Promise.reject(this.failedError());
-    if (!this.md.hasUncommittedChanges && !this.data.hasUnsyncedWrites && !this.earlySync)
-      return Promise.resolve();
+    if (!this.md.hasUncommittedChanges && !this.data.hasUnsyncedWrites) return Promise.resolve();
     if (this.queuedCommit) return this.queuedCommit;
     const queued = this.gate.exclusive(() => {
       this.queuedCommit = undefined;

@@ -4,42 +4,18 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import yargs from 'yargs';
 import { log } from '../../src/log';
 import { CASES, type CaseOutcome, ERRNOS, runCase } from './faults/cases';
 
-interface Options {
-  rounds: number;
-  maxMinutes: number;
-  only?: string;
-  keep: boolean;
-}
-
-function parseArgs(argv: string[]): Options {
-  const options: Options = { rounds: 1, maxMinutes: 20, keep: false };
-  for (let i = 0; i < argv.length; i++) {
-    const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${argv[i - 1]} needs a value`);
-      return v;
-    };
-    switch (argv[i]) {
-      case '--rounds':
-        options.rounds = Number(value());
-        break;
-      case '--max-minutes':
-        options.maxMinutes = Number(value());
-        break;
-      case '--only':
-        options.only = value();
-        break;
-      case '--keep':
-        options.keep = true;
-        break;
-      default:
-        throw new Error(`unknown argument ${argv[i]} (--rounds N, --max-minutes M, --only TEXT, --keep)`);
-    }
-  }
-  return options;
+function parseArgs(argv: string[]) {
+  return yargs(argv)
+    .strict()
+    .option('rounds', { type: 'number', default: 1 })
+    .option('max-minutes', { type: 'number', default: 20 })
+    .option('only', { type: 'string', describe: 'run only the cases whose name contains this' })
+    .option('keep', { type: 'boolean', default: false })
+    .parseSync();
 }
 
 function table(rows: CaseOutcome[]): string {

@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import yargs from 'yargs';
 import { seededRandom } from '../helpers/random';
 import { FuzzStats, type GoodClientResult, goodClient, runHostile } from '../nbd/fuzz-clients';
 import { type FuzzExport, type HostileScript, hostileScript, sweepFrames } from '../nbd/fuzz-frames';
@@ -31,61 +32,21 @@ const MAX_RSS_GROWTH_BYTES = 48 * MiB;
 const MAX_RSS_BYTES = 640 * MiB;
 const RSS_SAMPLE_MS = 250;
 
-interface Options {
-  frames: number;
-  seed: number;
-  maxMinutes: number;
-  workers: number;
-  keep: boolean;
-  logLevel: string;
-}
-
-function parseArgs(argv: string[]): Options {
-  const options: Options = {
-    frames: 1_000_000,
-    seed: Date.now() % 1e9,
-    maxMinutes: 30,
-    workers: 16,
-    keep: false,
-    logLevel: 'warn',
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${argv[i - 1]} needs a value`);
-      return v;
-    };
-    const number = () => {
-      const n = Number(value());
-      if (!Number.isFinite(n) || n < 0) throw new Error(`${argv[i - 1]} needs a number`);
-      return n;
-    };
-    switch (argv[i]) {
-      case '--frames':
-        options.frames = number();
-        break;
-      case '--seed':
-        options.seed = number();
-        break;
-      case '--max-minutes':
-        options.maxMinutes = number();
-        break;
-      case '--workers':
-        options.workers = Math.max(1, Math.floor(number()));
-        break;
-      case '--log-level':
-        options.logLevel = value();
-        break;
-      case '--keep':
-        options.keep = true;
-        break;
-      default:
-        throw new Error(
-          `unknown argument ${argv[i]}; use --frames N --seed S --max-minutes M --workers W --log-level L --keep`,
-        );
-    }
-  }
-  return options;
+function parseArgs(argv: string[]) {
+  return yargs(argv)
+    .strict()
+    .option('frames', { type: 'number', default: 1_000_000 })
+    .option('seed', { type: 'number', default: Date.now() % 1e9 })
+    .option('max-minutes', { type: 'number', default: 30 })
+    .option('workers', { type: 'number', default: 16, coerce: (n: number) => Math.max(1, Math.floor(n)) })
+    .option('log-level', { type: 'string', default: 'warn' })
+    .option('keep', { type: 'boolean', default: false })
+    .check((a) => {
+      for (const k of ['frames', 'seed', 'max-minutes', 'workers'] as const)
+        if (!Number.isFinite(a[k]) || a[k] < 0) throw new Error(`--${k} needs a number ≥ 0`);
+      return true;
+    })
+    .parseSync();
 }
 
 const fuzzExports: FuzzExport[] = [
