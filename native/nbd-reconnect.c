@@ -4,6 +4,10 @@
  *
  *   nbd-reconnect [-D dead-conn-timeout-s] [-q] [-r] [-R ready-fd] <index> <host> <port> <export>
  *   nbd-reconnect -s <bytes> <index>      (set the size of a netlink-attached device, exit)
+ *   nbd-reconnect -l <bytes> <loop-device> (set a loop device's size limit, exit)
+ *
+ * -l serves the nbdfuse attach method, which caps a loop device below its file: no util-linux
+ * command changes the limit of a bound loop device (`losetup -c` keeps it), the ioctl does.
  *
  * -R: once it watches the device, the helper writes "ready\n" on this (inherited) descriptor
  * and closes it, so whoever started it knows without reading its log.
@@ -48,6 +52,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <linux/loop.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -376,18 +383,43 @@ static void on_signal(int sig) {
   stop = 1;
 }
 
+/* -l: LOOP_SET_STATUS64 takes the whole struct, so read it first and change only the limit. */
+static int set_loop_limit(const char *device, const char *bytes) {
+  char *end;
+  errno = 0;
+  unsigned long long limit = strtoull(bytes, &end, 10);
+  if (errno || *end || !*bytes || limit % 512) {
+    fprintf(stderr, "nbd-reconnect: size limit \"%s\" is not a multiple of 512 bytes\n", bytes);
+    return 2;
+  }
+  int fd = open(device, O_RDWR | O_CLOEXEC);
+  struct loop_info64 info;
+  if (fd < 0 || ioctl(fd, LOOP_GET_STATUS64, &info) < 0) {
+    fprintf(stderr, "nbd-reconnect: %s: %s\n", device, strerror(errno));
+    return 1;
+  }
+  info.lo_sizelimit = limit;
+  int rc = ioctl(fd, LOOP_SET_STATUS64, &info);
+  if (rc < 0) fprintf(stderr, "nbd-reconnect: %s: LOOP_SET_STATUS64: %s\n", device, strerror(errno));
+  close(fd);
+  return rc < 0 ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
   uint64_t dead_timeout = 120;
   int c;
   int resume = 0, ready_fd = -1;
-  while ((c = getopt(argc, argv, "D:qrR:s:")) != -1) {
+  const char *loop_limit = NULL;
+  while ((c = getopt(argc, argv, "D:l:qrR:s:")) != -1) {
     if (c == 'D') dead_timeout = strtoull(optarg, NULL, 10);
     else if (c == 'r') resume = 1;
     else if (c == 'R') ready_fd = atoi(optarg);
     else if (c == 's') new_size = strtoull(optarg, NULL, 10);
+    else if (c == 'l') loop_limit = optarg;
     else if (c == 'q') quiet = 1;
     else return 2;
   }
+  if (loop_limit) return argc - optind == 1 ? set_loop_limit(argv[optind], loop_limit) : 2;
   if (new_size && argc - optind == 1) {
     int ctl = genl_socket();
     struct family fam = {0};

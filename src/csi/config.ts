@@ -1,5 +1,6 @@
 // Driver configuration and the capabilities it implies. Every optional capability the driver
 // advertises is decided here, in `capabilitiesOf`, from configuration alone.
+import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type {
@@ -64,6 +65,12 @@ export interface DriverConfig {
 
 const GiB = 1024 ** 3;
 
+// scripts/setup builds the helper into the checkout's .tools/bin; an image has it in PATH.
+function defaultReconnectHelper(): string {
+  const built = path.join(__dirname, '..', '..', '.tools', 'bin', 'nbd-reconnect');
+  return fs.existsSync(built) ? built : 'nbd-reconnect';
+}
+
 export function defaultConfig(overrides: Partial<DriverConfig> = {}): DriverConfig {
   const varDir = path.resolve('var');
   const nodeId = overrides.nodeId ?? os.hostname();
@@ -85,7 +92,7 @@ export function defaultConfig(overrides: Partial<DriverConfig> = {}): DriverConf
     attachMethod: 'auto',
     nbdRequestTimeoutSeconds: 30,
     nbdDeadConnectionTimeoutSeconds: 600,
-    nbdReconnectHelper: 'nbd-reconnect',
+    nbdReconnectHelper: defaultReconnectHelper(),
     defaultFsType: 'ext4',
     blockMetadataType: 'VARIABLE_LENGTH',
     maxOverprovisionRatio: 10,

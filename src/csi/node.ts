@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   type Grant,
-  type KernelOptions,
+  type AttachOptions,
   attach,
   resumeAttachment,
   chooseMethod,
@@ -59,7 +59,7 @@ export class NodeService {
           staged.attachment,
           staged.grant,
           this.state.workDir(staged.volumeId),
-          this.kernelOptions(),
+          this.attachOptions(),
         );
         if (attachment !== staged.attachment) this.state.put({ ...staged, attachment });
       } catch (e) {
@@ -71,7 +71,7 @@ export class NodeService {
     }
   }
 
-  private kernelOptions(): KernelOptions {
+  private attachOptions(): AttachOptions {
     return {
       requestTimeoutSeconds: this.config.nbdRequestTimeoutSeconds,
       deadConnectionTimeoutSeconds: this.config.nbdDeadConnectionTimeoutSeconds,
@@ -129,7 +129,7 @@ export class NodeService {
       readOnly: ctx[CTX_READONLY] === 'true' || isReadOnlyMode(cap),
     };
     const method = chooseMethod(this.config.attachMethod);
-    const attachment = await attach(grant, method, this.state.workDir(req.volume_id), this.kernelOptions());
+    const attachment = await attach(grant, method, this.state.workDir(req.volume_id), this.attachOptions());
     const staged: StagedVolume = {
       volumeId: req.volume_id,
       stagingPath,
@@ -263,7 +263,7 @@ export class NodeService {
 
   async expand(req: NodeExpandVolumeRequest__Output): Promise<NodeExpandVolumeResponse> {
     const staged = await this.stagedFor(req.volume_id, req.volume_path);
-    const size = await growAttachment(staged.attachment, staged.grant, this.kernelOptions());
+    const size = await growAttachment(staged.attachment, staged.grant, this.attachOptions());
     const wanted = req.capacity_range?.required_bytes ?? 0;
     if (wanted > size)
       throw failedPrecondition(

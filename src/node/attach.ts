@@ -3,13 +3,13 @@
 // - kernel: `nbd-client` on /dev/nbdN, when the nbd module is loaded (kernel-nbd.ts);
 // - nbdfuse: `nbdfuse` exposes the export as a file, a loop device over it (nbdfuse.ts).
 import fs from 'node:fs';
-import type { Attachment, AttachStrategy, Grant, KernelOptions, Method } from './attachment';
+import type { AttachOptions, Attachment, AttachStrategy, Grant, Method } from './attachment';
 import { exportSizeBytes } from './grant';
 import { kernelNbd } from './kernel-nbd';
 import { nbdFuse } from './nbdfuse';
 import { deviceSectors } from './sysfs';
 
-export type { Attachment, Grant, KernelOptions, Method } from './attachment';
+export type { AttachOptions, Attachment, Grant, Method } from './attachment';
 export { AttachError, type AttachFailure } from './grant';
 
 const STRATEGIES: Record<Method, AttachStrategy> = { kernel: kernelNbd, nbdfuse: nbdFuse };
@@ -33,9 +33,9 @@ export function attach(
   grant: Grant,
   method: Method,
   workDir: string,
-  kernel: KernelOptions,
+  opts: AttachOptions,
 ): Promise<Attachment> {
-  return strategy(method).attach(grant, workDir, kernel);
+  return strategy(method).attach(grant, workDir, opts);
 }
 
 /** Undoes `attach`; safe to repeat. */
@@ -44,9 +44,9 @@ export function detach(a: Attachment): Promise<void> {
 }
 
 /** Makes the attached device as large as the export is now; returns the new size. */
-export async function growAttachment(a: Attachment, grant: Grant, kernel: KernelOptions): Promise<number> {
+export async function growAttachment(a: Attachment, grant: Grant, opts: AttachOptions): Promise<number> {
   const size = await exportSizeBytes(grant);
-  if (size > deviceSectors(a.device) * 512) await strategy(a.method).grow(a, size, kernel);
+  if (size > deviceSectors(a.device) * 512) await strategy(a.method).grow(a, size, opts);
   return size;
 }
 
@@ -58,7 +58,7 @@ export function resumeAttachment(
   a: Attachment,
   grant: Grant,
   workDir: string,
-  kernel: KernelOptions,
+  opts: AttachOptions,
 ): Promise<Attachment> {
-  return strategy(a.method).resume(a, grant, workDir, kernel);
+  return strategy(a.method).resume(a, grant, workDir, opts);
 }

@@ -24,23 +24,26 @@ export interface Attachment {
   helperPid?: number;
 }
 
-/** How kernel attachments deal with a connection to the NBD server that dies. */
-export interface KernelOptions {
+/** What the attach methods take from the node's configuration. */
+export interface AttachOptions {
   /** nbd-client -t: a request unanswered this long marks the connection dead and is requeued. */
   requestTimeoutSeconds: number;
   /** While no connection is alive, I/O waits this long for the helper to reconnect, then fails. */
   deadConnectionTimeoutSeconds: number;
-  /** The nbd-reconnect program (a name looked up in PATH, or a path). */
+  /**
+   * The nbd-reconnect program (a name looked up in PATH, or a path): the kernel method's
+   * reconnection helper, and the nbdfuse method's loop size-limit setter.
+   */
   reconnectHelper: string;
 }
 
 /** One attach method: everything that differs between them lives behind this. */
 export interface AttachStrategy {
-  attach(grant: Grant, workDir: string, kernel: KernelOptions): Promise<Attachment>;
+  attach(grant: Grant, workDir: string, opts: AttachOptions): Promise<Attachment>;
   /** Undoes `attach`; safe to repeat. */
   detach(a: Attachment): Promise<void>;
   /** Makes the device `sizeBytes` large (the export has grown to that). */
-  grow(a: Attachment, sizeBytes: number, kernel: KernelOptions): Promise<void>;
+  grow(a: Attachment, sizeBytes: number, opts: AttachOptions): Promise<void>;
   /** Restores what a restart of the node plugin took away; returns the attachment as it is now. */
-  resume(a: Attachment, grant: Grant, workDir: string, kernel: KernelOptions): Promise<Attachment>;
+  resume(a: Attachment, grant: Grant, workDir: string, opts: AttachOptions): Promise<Attachment>;
 }

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from '../exec';
 import { logger } from '../log';
 import { SerialQueue } from '../util/serial-queue';
-import type { Attachment, AttachStrategy, Grant, KernelOptions } from './attachment';
+import type { Attachment, AttachStrategy, Grant, AttachOptions } from './attachment';
 import { attachError, grantEndpoint, secretOf } from './grant';
 import { helperRunning, resizeNbdDevice, startHelper, stopHelper } from './reconnect-helper';
 import { deviceSectors, nbdConnected } from './sysfs';
@@ -32,7 +32,7 @@ async function waitForSize(device: string): Promise<void> {
   }
 }
 
-async function attach(grant: Grant, workDir: string, opts: KernelOptions): Promise<Attachment> {
+async function attach(grant: Grant, workDir: string, opts: AttachOptions): Promise<Attachment> {
   const { host, port } = grantEndpoint(grant);
   return deviceChoice.run(async () => {
     const device = freeNbdDevice();
@@ -66,7 +66,7 @@ async function resume(
   a: Attachment,
   grant: Grant,
   workDir: string,
-  opts: KernelOptions,
+  opts: AttachOptions,
 ): Promise<Attachment> {
   if (helperRunning(a.helperPid) || !nbdConnected(a.device)) return a;
   const helperPid = await startHelper(a.device, grant, workDir, opts, true);

@@ -21,18 +21,8 @@ export async function detachLoop(device: string): Promise<void> {
 }
 
 // No util-linux command changes the size limit of a bound loop device (`losetup -c` re-reads
-// the file's size but keeps the limit), so we issue LOOP_GET/SET_STATUS64 ourselves through
-// perl, which every Debian system has (perl-base). struct loop_info64 is 232 bytes, with the
-// u64 lo_sizelimit at offset 32.
-const SET_SIZE_LIMIT = [
-  'open(my $f, "+<", $ARGV[0]) or die "open $ARGV[0]: $!\\n";',
-  'my $b = "\\0" x 232;',
-  'ioctl($f, 0x4C05, $b) or die "LOOP_GET_STATUS64: $!\\n";',
-  'substr($b, 32, 8) = pack("Q<", $ARGV[1]);',
-  'ioctl($f, 0x4C04, $b) or die "LOOP_SET_STATUS64: $!\\n";',
-].join(' ');
-
+// the file's size but keeps the limit); the node's native helper issues the ioctl.
 /** Raises (or lowers) the loop device's size limit while it stays in use. */
-export async function setLoopSizeLimit(device: string, sizeBytes: number): Promise<void> {
-  await run('perl', ['-e', SET_SIZE_LIMIT, device, String(sizeBytes)]);
+export async function setLoopSizeLimit(helper: string, device: string, sizeBytes: number): Promise<void> {
+  await run(helper, ['-l', String(sizeBytes), device]);
 }

@@ -80,7 +80,7 @@ function fuseMounted(dir: string): boolean {
 export const nbdFuse: AttachStrategy = {
   attach,
   detach,
-  grow: (a, sizeBytes) => setLoopSizeLimit(a.device, sizeBytes),
+  grow: (a, sizeBytes, opts) => setLoopSizeLimit(opts.reconnectHelper, a.device, sizeBytes),
   // Nothing to restart: only kernel attachments have a helper beside them.
   resume: async (a) => a,
 };

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { run, spawnDetached } from '../exec';
 import { processAlive } from '../util/process';
-import type { Grant, KernelOptions } from './attachment';
+import type { AttachOptions, Grant } from './attachment';
 import { AttachError, grantEndpoint, secretOf } from './grant';
 
 /** The N of /dev/nbdN, which is what the helper and the netlink interface take. */
@@ -24,7 +24,7 @@ export async function startHelper(
   device: string,
   grant: Grant,
   workDir: string,
-  opts: KernelOptions,
+  opts: AttachOptions,
   resume = false,
 ): Promise<number> {
   const { host, port } = grantEndpoint(grant);
@@ -66,6 +66,6 @@ export async function stopHelper(pid: number | undefined): Promise<void> {
 }
 
 /** Netlink-attached devices refuse NBD_SET_SIZE; the helper sends NBD_CMD_RECONFIGURE instead. */
-export async function resizeNbdDevice(device: string, sizeBytes: number, opts: KernelOptions): Promise<void> {
+export async function resizeNbdDevice(device: string, sizeBytes: number, opts: AttachOptions): Promise<void> {
   await run(opts.reconnectHelper, ['-s', String(sizeBytes), nbdIndex(device)]);
 }
