@@ -1,29 +1,41 @@
 // What dm-thin does not store about a device (its size, lineage and labels), in an embedded LMDB
 // store: a change writes one entry and its label-index keys, O(log n) however many devices the
-// pool holds. It follows the metadata through the pool's transaction id (docs/engine.md).
+// pool holds. It follows the metadata through the pool's transaction id (docs/engine.md). A
+// device-set change is made durable in the intent log first and reaches the store in a batch.
 import fs from 'node:fs';
 import path from 'node:path';
-import { open, type RootDatabase } from 'lmdb';
+import type { RootDatabase } from 'lmdb';
 import { logger } from '../log';
 import { fsyncDir } from '../util/atomic-file';
+import {
+  CatalogueError,
+  ID_END,
+  MAX_INDEXED_LABEL_BYTES,
+  STATE_KEY,
+  deviceKey,
+  indexable,
+  labelKey,
+  legacyChanges,
+  legacyState,
+  logFile,
+  openStore,
+  readLegacy,
+  type CatalogueEntry,
+  type CatalogueIntent,
+  type CatalogueState,
+  type Change,
+} from './catalogue-files';
+import { IntentLog } from './intent-log';
+
+export {
+  ADOPTED_LABEL,
+  CatalogueError,
+  MAX_INDEXED_LABEL_BYTES,
+  type CatalogueEntry,
+  type CatalogueIntent,
+} from './catalogue-files';
 
 const log = logger('catalogue');
-
-export interface CatalogueEntry {
-  sizeBytes: number;
-  /** The device this one is a snapshot of, when it is one. */
-  origin?: number;
-  createdAt: string;
-  labels: Record<string, string>;
-}
-
-/**
- * A change to the device set. The catalogue applies it together with recording it, before the
- * pool commits; `entry` of a delete is the removed entry, so that a roll back can restore it.
- */
-export type CatalogueIntent =
-  | { op: 'create'; id: number; entry: CatalogueEntry; fromTransactionId: number; toTransactionId: number }
-  | { op: 'delete'; id: number; entry?: CatalogueEntry; fromTransactionId: number; toTransactionId: number };
 
 /** What opening found: devices adopted from the metadata, entries whose device is gone. */
 export interface CatalogueReport {
@@ -31,54 +43,35 @@ export interface CatalogueReport {
   missing: number[];
 }
 
-/** Set on entries made for devices found in the metadata (thin_restore, another tool's pool). */
-export const ADOPTED_LABEL = 'thinpool.adopted';
-/** Label pairs longer than this are stored but not indexed (LMDB keys are bounded). */
-export const MAX_INDEXED_LABEL_BYTES = 1024;
-
 export interface PageOptions {
   /** Only ids above this one. */
   after?: number;
   limit?: number;
 }
 
-interface CatalogueState {
-  version: 2;
-  /** The pool transaction id the catalogue matches; -1 before it has ever seen the pool. */
+/** Logged changes wait in memory for at most this many, or this long, before a batch. */
+const BATCH_CHANGES = 512;
+const BATCH_DELAY_MS = 1000;
+
+/** A device-set change as the intent log keeps it: `entry` null for a delete. */
+interface LoggedChange {
+  id: number;
+  entry: CatalogueEntry | null;
+  /** The pool transaction that makes it. */
   transactionId: number;
-  intent?: CatalogueIntent;
 }
-
-/** The catalogue of the first release: one JSON file rewritten on every change. */
-interface LegacyCatalogue {
-  version: 1;
-  transactionId: number;
-  devices: Record<string, CatalogueEntry>;
-  intent?: CatalogueIntent;
-}
-
-export class CatalogueError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'CatalogueError';
-  }
-}
-
-const STATE_KEY = ['state'];
-const ID_END = 2 ** 25; // above every 24-bit device id
-const deviceKey = (id: number) => ['device', id];
-const labelKey = (key: string, value: string, id: number) => ['label', key, value, id];
-const indexable = (key: string, value: string) =>
-  Buffer.byteLength(key) + Buffer.byteLength(value) <= MAX_INDEXED_LABEL_BYTES;
-
-/** One entry's new value (null: gone), applied with the state in one LMDB transaction. */
-type Change = [id: number, entry: CatalogueEntry | null];
 
 export class Catalogue {
-  /** The intent was settled in memory (`completeIntent`); the stored state still holds it. */
+  /** The state in memory is ahead of the stored one (a settled intent). */
   private stateUnsaved = false;
-  /** Changes a read-only open made in memory only (adoptions, settled intents); null hides. */
-  private readonly transient = new Map<number, CatalogueEntry | null>();
+  /**
+   * Entries not in the store yet, null hiding one: logged changes waiting for the next batch,
+   * or everything a read-only open settled (adoptions, replayed changes).
+   */
+  private readonly overlay = new Map<number, CatalogueEntry | null>();
+  /** The log record of the change under way. */
+  private inFlightSeq: number | undefined;
+  private batchTimer: NodeJS.Timeout | undefined;
   private entryCount = 0;
   private snapshotEntryCount = 0;
 
@@ -87,12 +80,15 @@ export class Catalogue {
     private readonly db: RootDatabase | undefined,
     private state: CatalogueState,
     readonly readOnly: boolean,
+    private readonly log: IntentLog<LoggedChange> | undefined,
   ) {}
 
   /** A new, empty catalogue for a pool at `transactionId`. */
   static create(dir: string, transactionId: number): Catalogue {
     if (fs.existsSync(dir)) throw new CatalogueError(`${dir} exists already`);
-    const c = new Catalogue(dir, openStore(dir, false), { version: 2, transactionId: -1 }, false);
+    const db = openStore(dir, false);
+    const log = IntentLog.open<LoggedChange>(logFile(dir), 0);
+    const c = new Catalogue(dir, db, { version: 2, transactionId: -1 }, false, log);
     c.apply([], { version: 2, transactionId });
     fsyncDir(dir);
     fsyncDir(path.dirname(dir));
@@ -109,17 +105,20 @@ export class Catalogue {
     const stored = fs.existsSync(path.join(dir, 'data.mdb'));
     const legacy = fs.existsSync(legacyFile) ? readLegacy(legacyFile) : undefined;
     if (!stored && readOnly) {
-      const c = new Catalogue(dir, undefined, { version: 2, transactionId: -1 }, true);
+      const c = new Catalogue(dir, undefined, { version: 2, transactionId: -1 }, true, undefined);
       if (legacy) c.apply(legacyChanges(legacy), legacyState(legacy));
       c.countEntries();
       return c;
     }
     const db = openStore(dir, readOnly);
+    let intents: IntentLog<LoggedChange> | undefined;
     try {
       const state = db.get(STATE_KEY) as CatalogueState | undefined;
       if (state && state.version !== 2)
         throw new CatalogueError(`${dir} is not a thinpool catalogue (version ${String(state.version)})`);
-      const c = new Catalogue(dir, db, state ?? { version: 2, transactionId: -1 }, readOnly);
+      // A store from before the log holds everything: records found beside it are not replayed.
+      intents = IntentLog.open<LoggedChange>(logFile(dir), state ? state.logSeq : 0, { readOnly });
+      const c = new Catalogue(dir, db, state ?? { version: 2, transactionId: -1 }, readOnly, intents);
       if (!state && legacy && readOnly) c.apply(legacyChanges(legacy), legacyState(legacy));
       else if (!state && legacy) {
         // One transaction: a crash before it leaves the JSON file to upgrade again.
@@ -131,7 +130,8 @@ export class Catalogue {
       c.countEntries();
       return c;
     } catch (e) {
-      db.close();
+      intents?.close();
+      void db.close();
       throw e;
     }
   }
@@ -150,7 +150,7 @@ export class Catalogue {
   }
 
   get(id: number): CatalogueEntry | undefined {
-    const t = this.transient.get(id);
+    const t = this.overlay.get(id);
     if (t !== undefined) return t ?? undefined;
     return this.db?.get(deviceKey(id)) as CatalogueEntry | undefined;
   }
@@ -159,7 +159,7 @@ export class Catalogue {
   ids(options: PageOptions = {}): number[] {
     const start = (options.after ?? -1) + 1;
     const keys = this.db
-      ? this.db.getKeys({ start: deviceKey(start), end: deviceKey(ID_END), limit: options.limit })
+      ? this.db.getKeys({ start: deviceKey(start), end: deviceKey(ID_END), limit: this.storeLimit(options) })
       : [];
     return this.withTransient(
       Array.from(keys, (k) => (k as [string, number])[1]),
@@ -178,7 +178,7 @@ export class Catalogue {
       ? this.db.getKeys({
           start: labelKey(key, value, start),
           end: labelKey(key, value, ID_END),
-          limit: options.limit,
+          limit: this.storeLimit(options),
         })
       : [];
     return this.withTransient(
@@ -189,46 +189,47 @@ export class Catalogue {
     );
   }
 
-  /** Step 1 of a device-set change, durable before the pool commits: record it and apply it. */
+  /**
+   * Step 1 of a device-set change, durable before the pool commits: logged (one small synced
+   * write) and applied in memory; the store gets it with the next batch.
+   */
   recordIntent(intent: CatalogueIntent): void {
     if (this.state.intent)
       throw new CatalogueError(
         `an earlier ${this.state.intent.op} of device ${this.state.intent.id} is unfinished`,
       );
+    if (!this.log || this.readOnly) throw new CatalogueError(`${this.dir} is open read-only`);
     const stored: CatalogueIntent =
       intent.op === 'delete' ? { ...intent, entry: this.get(intent.id) } : intent;
-    this.apply([[intent.id, intent.op === 'create' ? intent.entry : null]], {
-      version: 2,
-      transactionId: this.state.transactionId,
-      intent: stored,
-    });
+    const record = {
+      id: intent.id,
+      entry: intent.op === 'create' ? intent.entry : null,
+      transactionId: intent.toTransactionId,
+    };
+    if (!this.log.hasRoomFor(record)) this.persist();
+    this.inFlightSeq = this.log.append(record);
+    this.stage([[record.id, record.entry]]);
+    this.state = { ...this.state, intent: stored };
   }
 
-  /**
-   * Step 3: the pool committed `intent.toTransactionId`. The entry is in place already, so this
-   * only settles the state in memory; it is written with the next change (or `flush`), and
-   * until then the stored intent is rolled forward by the next open: no extra sync here.
-   */
+  /** Step 3: the pool committed `intent.toTransactionId`; the next batch stores it. */
   completeIntent(): void {
     const intent = this.state.intent;
     if (!intent) return;
-    this.state = { version: 2, transactionId: intent.toTransactionId };
-    this.stateUnsaved = true;
+    this.settle({ version: 2, transactionId: intent.toTransactionId });
   }
 
   /** The pool never committed the intent: undo it. */
   abandonIntent(): void {
     const intent = this.state.intent;
     if (!intent) return;
-    this.apply([[intent.id, intent.op === 'create' ? null : (intent.entry ?? null)]], {
-      version: 2,
-      transactionId: intent.fromTransactionId,
-    });
+    this.stage([[intent.id, intent.op === 'create' ? null : (intent.entry ?? null)]]);
+    this.settle({ version: 2, transactionId: intent.fromTransactionId });
   }
 
-  /** Writes a state settled in memory (see `completeIntent`). */
+  /** Stores what waits in memory (the periodic commit calls this). */
   flush(): void {
-    if (this.stateUnsaved && !this.readOnly) this.apply([], this.state);
+    if (this.overlay.size || this.stateUnsaved) this.persist();
   }
 
   /** Changes that do not touch the device set (size, labels) need no pool transaction. */
@@ -257,6 +258,23 @@ export class Catalogue {
   ): CatalogueReport {
     const inMetadata = new Set(deviceIds);
     const changes: Change[] = [];
+    // Logged changes the store does not hold yet, each settled by what the metadata holds: one
+    // the pool never committed (cut short, or abandoned) is left out.
+    let expectedTransaction = this.state.transactionId;
+    let replayed = 0;
+    const pending = this.log?.pending ?? [];
+    for (const { record } of pending) {
+      if (inMetadata.has(record.id) !== (record.entry !== null)) continue;
+      changes.push([record.id, record.entry]);
+      replayed++;
+      expectedTransaction = Math.max(expectedTransaction, record.transactionId);
+    }
+    if (pending.length)
+      log.info('replayed the catalogue intent log', {
+        changes: pending.length,
+        committed: replayed,
+        notCommitted: pending.length - replayed,
+      });
     const intent = this.state.intent;
     if (intent) {
       const happened = inMetadata.has(intent.id) === (intent.op === 'create');
@@ -273,9 +291,9 @@ export class Catalogue {
       if (happened) log.info(`settled the last device ${intent.op}`, { id: intent.id });
       else log.warn(`undid a device ${intent.op} cut short before the pool commit`, { id: intent.id });
       if (!happened) changes.push([intent.id, intent.op === 'create' ? null : (intent.entry ?? null)]);
-    } else if (this.state.transactionId >= 0 && this.state.transactionId !== transactionId) {
+    } else if (expectedTransaction >= 0 && expectedTransaction !== transactionId) {
       log.warn('the metadata changed outside thinpool since the catalogue last saw it', {
-        catalogueTransaction: this.state.transactionId,
+        catalogueTransaction: expectedTransaction,
         poolTransaction: transactionId,
       });
     }
@@ -302,41 +320,84 @@ export class Catalogue {
 
   close(): void {
     if (!this.readOnly) this.flush();
+    clearTimeout(this.batchTimer);
+    this.log?.close();
     void this.db?.close();
   }
 
-  // Applies entry changes and the new state together: one durable LMDB transaction, or memory
-  // only for a read-only open.
+  // Entry changes and the new state, stored at once in one durable LMDB transaction (memory
+  // only for a read-only open).
   private apply(changes: Change[], state: CatalogueState): void {
-    const before = changes.map(([id]) => this.get(id));
-    if (this.readOnly || !this.db) {
-      for (const [id, entry] of changes) this.transient.set(id, entry);
-    } else {
-      const db = this.db;
-      db.transactionSync(() => {
-        changes.forEach(([id, entry], i) => {
-          const old = before[i];
-          if (old) {
-            for (const [k, v] of Object.entries(old.labels))
-              if (indexable(k, v)) db.removeSync(labelKey(k, v, id));
-            db.removeSync(deviceKey(id));
-          }
-          if (entry) {
-            db.putSync(deviceKey(id), entry);
-            for (const [k, v] of Object.entries(entry.labels))
-              if (indexable(k, v)) db.putSync(labelKey(k, v, id), 1);
-          }
-        });
-        db.putSync(STATE_KEY, state);
-      });
-    }
-    changes.forEach(([, entry], i) => {
-      const old = before[i];
+    this.stage(changes);
+    this.state = state;
+    this.stateUnsaved = true;
+    this.persist();
+  }
+
+  private stage(changes: Change[]): void {
+    for (const [id, entry] of changes) {
+      const old = this.get(id);
+      this.overlay.set(id, entry);
       this.entryCount += (entry ? 1 : 0) - (old ? 1 : 0);
       this.snapshotEntryCount += (entry?.origin !== undefined ? 1 : 0) - (old?.origin !== undefined ? 1 : 0);
-    });
+    }
+  }
+
+  // An intent is over: its change is in memory and in the log; a batch stores it soon.
+  private settle(state: CatalogueState): void {
     this.state = state;
+    this.stateUnsaved = true;
+    this.inFlightSeq = undefined;
+    if (this.overlay.size >= BATCH_CHANGES) this.persist();
+    else
+      this.batchTimer ??= setTimeout(() => {
+        this.batchTimer = undefined;
+        try {
+          this.flush();
+        } catch (e) {
+          // Nothing is lost: the log keeps every change the store does not hold.
+          log.error('could not store a batch of catalogue changes', { error: (e as Error).message });
+        }
+      }, BATCH_DELAY_MS).unref();
+  }
+
+  // Writes the overlay and the state in one LMDB transaction. The log record of a change still
+  // under way stays after the stored seq, so that the next open settles it by the metadata.
+  private persist(): void {
+    clearTimeout(this.batchTimer);
+    this.batchTimer = undefined;
+    const db = this.db;
+    if (this.readOnly || !db) return;
+    const logSeq =
+      this.inFlightSeq !== undefined ? this.inFlightSeq - 1 : (this.log?.lastSeq ?? this.state.logSeq ?? 0);
+    // An intent of an earlier release's store (not in the log) stays stored until settled.
+    const legacy = this.inFlightSeq === undefined ? this.state.intent : undefined;
+    const stored: CatalogueState = {
+      version: 2,
+      transactionId: this.state.transactionId,
+      logSeq,
+      ...(legacy ? { intent: legacy } : {}),
+    };
+    db.transactionSync(() => {
+      for (const [id, entry] of this.overlay) {
+        const old = db.get(deviceKey(id)) as CatalogueEntry | undefined;
+        if (old) {
+          for (const [k, v] of Object.entries(old.labels))
+            if (indexable(k, v)) db.removeSync(labelKey(k, v, id));
+          db.removeSync(deviceKey(id));
+        }
+        if (entry) {
+          db.putSync(deviceKey(id), entry);
+          for (const [k, v] of Object.entries(entry.labels))
+            if (indexable(k, v)) db.putSync(labelKey(k, v, id), 1);
+        }
+      }
+      db.putSync(STATE_KEY, stored);
+    });
+    this.overlay.clear();
     this.stateUnsaved = false;
+    this.state = { ...this.state, logSeq };
+    this.log?.release(logSeq);
   }
 
   private countEntries(): void {
@@ -350,84 +411,22 @@ export class Catalogue {
     this.snapshotEntryCount = snapshots;
   }
 
-  // Merges the ids kept in memory (read-only opens) into a page read from the store.
+  // The overlay may hide stored ids: reading that many more keeps a page full.
+  private storeLimit(options: PageOptions): number | undefined {
+    return options.limit === undefined ? undefined : options.limit + this.overlay.size;
+  }
+
+  // Merges the entries kept in memory into a page read from the store.
   private withTransient(
     stored: number[],
     start: number,
     limit: number | undefined,
     matches: (e: CatalogueEntry) => boolean,
   ): number[] {
-    if (!this.transient.size) return stored;
-    const ids = new Set(stored.filter((id) => !this.transient.has(id)));
-    for (const [id, entry] of this.transient) if (entry && id >= start && matches(entry)) ids.add(id);
+    if (!this.overlay.size) return stored;
+    const ids = new Set(stored.filter((id) => !this.overlay.has(id)));
+    for (const [id, entry] of this.overlay) if (entry && id >= start && matches(entry)) ids.add(id);
     const sorted = [...ids].sort((a, b) => a - b);
     return limit === undefined ? sorted : sorted.slice(0, limit);
   }
-}
-
-// LMDB trusts its file and can crash the process on garbage, so a file whose two meta pages do
-// not look like LMDB's (magic, format version 2, the page size the first one names) is refused
-// before it is opened. Damage deeper in the file is not caught here.
-const LMDB_MAGIC = 0xbeefc0de;
-function checkStoreFile(file: string): void {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const size = fs.fstatSync(fd).size;
-    const head = Buffer.alloc(64);
-    const meta = (offset: number) =>
-      fs.readSync(fd, head, 0, 64, offset) === 64 &&
-      head.readUInt32LE(0x18) === LMDB_MAGIC &&
-      head.readUInt32LE(0x1c) === 2;
-    const ok = meta(0) && [4096, 16384, 65536].includes(head.readUInt32LE(0x30));
-    const pageBytes = head.readUInt32LE(0x30);
-    if (!ok || size < 2 * pageBytes || !meta(pageBytes))
-      throw new CatalogueError(`${file} is not an LMDB catalogue (damaged or another file)`);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-function openStore(dir: string, readOnly: boolean): RootDatabase {
-  const file = path.join(dir, 'data.mdb');
-  if (fs.existsSync(file)) checkStoreFile(file);
-  try {
-    // overlappingSync off: a transaction is on disk when transactionSync returns, which the
-    // intent → pool commit order needs.
-    return open({ path: dir, noSubdir: false, readOnly, overlappingSync: false });
-  } catch (e) {
-    throw new CatalogueError(`cannot open the catalogue ${dir}: ${(e as Error).message}`);
-  }
-}
-
-function readLegacy(file: string): LegacyCatalogue {
-  let data: LegacyCatalogue;
-  try {
-    data = JSON.parse(fs.readFileSync(file, 'utf8')) as LegacyCatalogue;
-  } catch (e) {
-    throw new CatalogueError(`cannot read the catalogue ${file}: ${(e as Error).message}`);
-  }
-  if (data.version !== 1 || typeof data.transactionId !== 'number' || typeof data.devices !== 'object')
-    throw new CatalogueError(`${file} is not a thinpool catalogue (version ${String(data.version)})`);
-  return data;
-}
-
-// The JSON catalogue applied an intent only when it completed; here it is applied on record.
-function legacyChanges(legacy: LegacyCatalogue): Change[] {
-  const entries = new Map<number, CatalogueEntry | null>(
-    Object.entries(legacy.devices).map(([id, entry]) => [Number(id), entry]),
-  );
-  const intent = legacy.intent;
-  if (intent) entries.set(intent.id, intent.op === 'create' ? intent.entry : null);
-  return [...entries];
-}
-
-function legacyState(legacy: LegacyCatalogue): CatalogueState {
-  const intent = legacy.intent;
-  if (intent?.op === 'delete')
-    return {
-      version: 2,
-      transactionId: legacy.transactionId,
-      intent: { ...intent, entry: legacy.devices[String(intent.id)] },
-    };
-  return { version: 2, transactionId: legacy.transactionId, ...(intent ? { intent } : {}) };
 }

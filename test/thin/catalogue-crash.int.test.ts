@@ -1,7 +1,9 @@
 // A crash between any two steps of a device create, snapshot or delete (intent, pool commit,
 // catalogue commit) must reconcile on the next open: no device without a catalogue entry, no
 // entry without a device, no leaked blocks. The `thinpool` process is really SIGKILLed.
+import fs from 'node:fs';
 import path from 'node:path';
+import { open } from 'lmdb';
 import { Pool } from '../../src/thin/pool';
 import { checkMetadata } from '../../src/thin/check';
 import { thinpool } from '../helpers/cli';
@@ -57,4 +59,34 @@ describe.each(Object.keys(operations) as (keyof typeof operations)[])('a crash d
     else if (!op.creates && happened) expect(again.stderr).toMatch(/does not exist/);
     else expect(again).toMatchObject({ code: 0 });
   });
+});
+
+// A change reaches the LMDB store in a later batch; until then only the intent log has it.
+it('keeps a change killed before its batch in the log: read-only commands see it and write nothing', async () => {
+  const dir = path.join(tmp.dir, 'batch');
+  const pool = await Pool.create(dir, { dataSizeBytes: 2 ** 28 }, { commitIntervalMs: 0 });
+  await pool.createThin(1, 8 * 2 ** 20);
+  await pool.close();
+  const killed = await thinpool(['thin', 'create', dir, '7', '--size', '12M'], {
+    env: { THINPOOL_FAULT_POINT: 'create:after-catalogue' },
+  });
+  expect(killed.code).toBe(128 + 9);
+
+  // The store has not got it: what the commands below see comes from the log.
+  const store = open({ path: path.join(dir, 'catalogue'), readOnly: true });
+  expect(store.get(['device', 7])).toBeUndefined();
+  expect(store.get(['device', 1])).toBeDefined();
+  await store.close();
+  const files = ['catalogue/data.mdb', 'catalogue/intents.log'].map((f) => path.join(dir, f));
+  const before = files.map((f) => fs.readFileSync(f));
+  const list = await thinpool(['thin', 'list', dir, '--json']);
+  expect(list.code).toBe(0);
+  const listed = (JSON.parse(list.stdout) as { devices: { id: number; sizeBytes: number }[] }).devices;
+  expect(listed.find((d) => d.id === 7)).toMatchObject({ sizeBytes: 12 * 2 ** 20 });
+  files.forEach((f, i) => expect(fs.readFileSync(f).equals(before[i])).toBe(true));
+
+  const reopened = await Pool.open(dir, { commitIntervalMs: 0 });
+  expect(reopened.catalogue.get(7)).toMatchObject({ sizeBytes: 12 * 2 ** 20 });
+  expect(reopened.catalogue.transactionId).toBe(reopened.status().transactionId);
+  await reopened.close();
 });

@@ -48,6 +48,38 @@ describe('label index', () => {
     }
   });
 
+  it('keeps pages full while changes wait for their batch', async () => {
+    const { pool } = await freshPool();
+    try {
+      for (let i = 0; i < 10; i++) await pool.createThin(i, MiB, { kind: 'volume' });
+      pool.catalogue.flush();
+      // In memory only, until the next batch: three deletes and a new device.
+      for (const id of [1, 2, 4]) await pool.deleteDevice(id);
+      await pool.createThin(20, MiB, { kind: 'volume' });
+      const pages = (get: (after?: number) => number[]) => {
+        const out: number[][] = [];
+        for (let after: number | undefined, page = get(); page.length; page = get(after)) {
+          out.push(page);
+          after = page[page.length - 1];
+        }
+        return out;
+      };
+      const expected = [
+        [0, 3, 5],
+        [6, 7, 8],
+        [9, 20],
+      ];
+      expect(pages((after) => pool.catalogue.ids({ after, limit: 3 }))).toEqual(expected);
+      expect(pages((after) => pool.catalogue.withLabel('kind', 'volume', { after, limit: 3 }))).toEqual(
+        expected,
+      );
+      pool.catalogue.flush();
+      expect(pages((after) => pool.catalogue.ids({ after, limit: 3 }))).toEqual(expected);
+    } finally {
+      await pool.close();
+    }
+  });
+
   it('keeps the index and counts across reopening', async () => {
     const { dir, pool } = await freshPool();
     await pool.createThin(1, MiB, { kind: 'volume' });
