@@ -61,6 +61,11 @@ export interface DriverConfig {
   defaultMaxResults: number;
   /** host:port for /metrics and /healthz; empty = off. */
   metricsListen: string;
+  /**
+   * Advertise GET_SNAPSHOT (CSI 1.12). Off by default: sidecars vendoring CSI 1.11 with
+   * csi-lib-utils < v0.21 crash on a capability their spec has no name for. The RPC works either way.
+   */
+  advertiseGetSnapshot: boolean;
 }
 
 const GiB = 1024 ** 3;
@@ -101,6 +106,7 @@ export function defaultConfig(overrides: Partial<DriverConfig> = {}): DriverConf
     maxVolumeBytes: 16 * 1024 * GiB,
     defaultMaxResults: 256,
     metricsListen: '',
+    advertiseGetSnapshot: false,
     ...overrides,
   };
 }
@@ -142,9 +148,9 @@ export function capabilitiesOf(config: DriverConfig): Capabilities {
         'LIST_VOLUMES_PUBLISHED_NODES',
         'VOLUME_CONDITION',
         'GET_VOLUME',
-        'GET_SNAPSHOT',
       ]
     : [];
+  if (runsController(config) && config.advertiseGetSnapshot) controller.push('GET_SNAPSHOT');
   const node: NodeRpc[] = runsNode(config)
     ? ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION']
     : [];

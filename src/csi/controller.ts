@@ -1,4 +1,5 @@
 // Controller service: volumes and snapshots as thin devices, publishing as NBD grants.
+import { logger } from '../log';
 import type { DeviceInfo } from '../thin/pool';
 import type { DriverConfig } from './config';
 import { capabilitiesOf } from './config';
@@ -61,6 +62,8 @@ import {
   parseVolumeParameters,
   sizeFor,
 } from './validate';
+
+const log = logger('controller');
 
 interface ListRequest {
   max_entries: number;
@@ -254,12 +257,23 @@ export class ControllerService {
 
   async unpublish(req: ControllerUnpublishVolumeRequest__Output): Promise<ControllerUnpublishVolumeResponse> {
     if (!req.volume_id) throw invalidArgument('volume_id is required');
+    // The spec: a volume or node that cannot be found counts as unpublished, so the sidecars'
+    // retries after a delete succeed.
     const info = this.store.find('volume', req.volume_id);
-    if (!info) throw notFound(`volume ${req.volume_id} does not exist`);
-    const nodes = req.node_id ? [req.node_id] : [...this.store.publications(info).keys()];
+    if (!info) {
+      log.info('nothing to unpublish: no such volume', { volume: req.volume_id, node: req.node_id });
+      return {};
+    }
+    const published = this.store.publications(info);
+    if (req.node_id && !published.has(req.node_id))
+      log.info('nothing to unpublish: not published to that node', {
+        volume: req.volume_id,
+        node: req.node_id,
+      });
+    const nodes = req.node_id ? [req.node_id] : [...published.keys()];
     for (const node of nodes) {
       await this.grants.revoke(info.id, node);
-      if (this.store.publications(info).has(node))
+      if (published.has(node))
         await this.store.setPublication(this.pool.deviceInfo(info.id), node, undefined);
     }
     return {};

@@ -1,8 +1,37 @@
 // Identity and Controller services through gRPC on the driver's unix socket: success paths,
 // idempotency, concurrency and the error codes of the CSI spec's tables.
+import { Writable } from 'node:stream';
+import winston from 'winston';
+import { log } from '../../src/log';
 import { GiB, MiB, type TestDriver, blockCap, expectCode, grpc, mountCap, startDriver } from './helpers';
 
 const { status } = grpc;
+
+/** The info-level log entries written while `fn` runs (tests otherwise log at warn). */
+async function infoLogsOf(fn: () => Promise<void>): Promise<Record<string, unknown>[]> {
+  const entries: Record<string, unknown>[] = [];
+  const transport = new winston.transports.Stream({
+    level: 'info',
+    // Object mode hands over winston's entries before any console formatting (colours).
+    stream: new Writable({
+      objectMode: true,
+      write(entry: Record<string | symbol, unknown>, _encoding, done) {
+        if (entry[Symbol.for('level')] === 'info' && entry.component === 'controller') entries.push(entry);
+        done();
+      },
+    }),
+  });
+  const level = log.level;
+  log.level = 'info';
+  log.add(transport);
+  try {
+    await fn();
+  } finally {
+    log.remove(transport);
+    log.level = level;
+  }
+  return entries;
+}
 
 describe('Identity', () => {
   it('reports info and capabilities, and Probe is not ready until the pool is open', async () => {
@@ -260,10 +289,55 @@ describe('Controller', () => {
     await t.controller.call('DeleteVolume', { volume_id: id });
     await t.controller.call('DeleteVolume', { volume_id: 'not-ours' });
     await expectCode(t.controller.call('DeleteVolume', { volume_id: '' }), status.INVALID_ARGUMENT);
-    await expectCode(
-      t.controller.call('ControllerUnpublishVolume', { volume_id: id, node_id: 'n1' }),
-      status.NOT_FOUND,
-    );
+  });
+
+  it('regards a volume or node it cannot find as unpublished', async () => {
+    const unpublish = (volume_id: string, node_id = 'node-a') =>
+      t.controller.call('ControllerUnpublishVolume', { volume_id, node_id });
+    const { volume } = await create('unpub-gone');
+    const id = volume.volume_id;
+    const req = { volume_id: id, node_id: 'node-a', volume_capability: mountCap(), readonly: false };
+    await t.controller.call('ControllerPublishVolume', req);
+    // A node the volume was never published to: OK, and the real grant stays.
+    const notes = await infoLogsOf(async () => expect(await unpublish(id, 'node-never')).toEqual({}));
+    expect(notes).toEqual([
+      expect.objectContaining({ message: expect.stringMatching(/nothing to unpublish/), node: 'node-never' }),
+    ]);
+    expect(
+      (await t.controller.call('ControllerGetVolume', { volume_id: id })).status.published_node_ids,
+    ).toEqual(['node-a']);
+    expect(t.driver.nbd!.exports.list()).toHaveLength(2);
+    await expectCode(t.controller.call('DeleteVolume', { volume_id: id }), status.FAILED_PRECONDITION);
+    expect(await unpublish(id)).toEqual({});
+    await t.controller.call('DeleteVolume', { volume_id: id });
+    // The sidecars retry unpublish after the delete: OK, for one node or all of them.
+    const gone = await infoLogsOf(async () => {
+      expect(await unpublish(id)).toEqual({});
+      expect(await unpublish(id, '')).toEqual({});
+    });
+    expect(gone).toEqual([
+      expect.objectContaining({ message: expect.stringMatching(/nothing to unpublish/), volume: id }),
+      expect.objectContaining({ message: expect.stringMatching(/nothing to unpublish/), volume: id }),
+    ]);
+    // The stale id leaves a new volume alone, even one on the same device id.
+    const { volume: next } = await create('unpub-next');
+    await t.controller.call('ControllerPublishVolume', { ...req, volume_id: next.volume_id });
+    expect(await unpublish(id)).toEqual({});
+    expect(t.driver.nbd!.exports.list()).toHaveLength(2);
+    expect(
+      (await t.controller.call('ControllerGetVolume', { volume_id: next.volume_id })).status
+        .published_node_ids,
+    ).toEqual(['node-a']);
+    // Well-formed ids that never existed, and ids that are not ours at all.
+    expect(await unpublish('default:77:00000000-0000-0000-0000-000000000000')).toEqual({});
+    expect(await unpublish('other-pool:1:00000000-0000-0000-0000-000000000000', 'node-x')).toEqual({});
+    expect(await unpublish('not-ours')).toEqual({});
+    // A missing volume id is still the caller's mistake.
+    await expectCode(unpublish(''), status.INVALID_ARGUMENT);
+    await expectCode(unpublish('', ''), status.INVALID_ARGUMENT);
+    await unpublish(next.volume_id);
+    await t.controller.call('DeleteVolume', { volume_id: next.volume_id });
+    expect(t.driver.nbd!.exports.list()).toEqual([]);
   });
 
   it('validates capabilities', async () => {

@@ -158,6 +158,31 @@ describe('chart and deploy/', () => {
     ).toBe('Y2E=');
   });
 
+  // csi-provisioner < v5.3.0 and csi-snapshotter < v8.3.0 (csi-lib-utils < v0.21) crash on the
+  // GET_SNAPSHOT capability (issue #23), so the chart may pass the flag only with newer pins.
+  test('passes --advertise-get-snapshot only while its pinned provisioner and snapshotter are new enough', () => {
+    const values = YAML.parse(fs.readFileSync(path.join(CHART, 'values.yaml'), 'utf8')) as {
+      sidecars: Record<string, { image: string }>;
+    };
+    const version = (image: string): number[] => {
+      const m = /:v(\d+)\.(\d+)\.(\d+)$/.exec(image);
+      expect(m).not.toBeNull();
+      return m!.slice(1).map(Number);
+    };
+    const atLeast = (have: number[], want: number[]): boolean => {
+      const i = have.findIndex((n, k) => n !== want[k]);
+      return i < 0 || have[i] > want[i];
+    };
+    const newEnough =
+      atLeast(version(values.sidecars.provisioner.image), [5, 3, 0]) &&
+      atLeast(version(values.sidecars.snapshotter.image), [8, 3, 0]);
+    const thinpoolArgs = (objects: K8sObject[]) =>
+      podSpec(objects.find((o) => o.kind === 'StatefulSet')!)!.containers.find((c) => c.name === 'thinpool')!.args;
+    expect(thinpoolArgs(chartObjs)?.includes('--advertise-get-snapshot')).toBe(newEnough);
+    const off = chartObjects(renderChart(CHART, { values: { controller: { advertiseGetSnapshot: false } } }));
+    expect(thinpoolArgs(off as K8sObject[])).not.toContain('--advertise-get-snapshot');
+  });
+
   test('NOTES.txt renders and warns about the unpinned controller and the missing CA', () => {
     expect(chart.notes).toContain('kubectl -n thinpool-csi get statefulset');
     expect(chart.notes).toContain('controller.nodeSelector is empty');

@@ -1,49 +1,171 @@
 // `thinpool serve`: run the CSI driver. Configuration comes from, in rising priority, the
 // defaults, an optional YAML file (--config), THINPOOL_* environment variables and flags.
 import fs from 'node:fs';
+import path from 'node:path';
 import type { Argv } from 'yargs';
 import YAML from 'yaml';
 import { type DriverConfig, type Role, TOPOLOGY_NODE_KEY, defaultConfig } from '../../csi/config';
 import { Driver } from '../../csi/driver';
 import { parseCsiEndpoint } from '../../csi/endpoint';
 import { logger } from '../../log';
-import { parseSize } from '../../util/size';
+import { formatSize, parseSize } from '../../util/size';
 
 const log = logger('serve');
 
-// Flag name → config key, with how to read a string value.
-const FIELDS: [string, keyof DriverConfig, 'string' | 'number' | 'size' | 'list'][] = [
-  ['driver-name', 'driverName', 'string'],
-  ['endpoint', 'endpoint', 'string'],
-  ['pool-name', 'poolName', 'string'],
-  ['pool-dir', 'poolDir', 'string'],
-  ['pool-size', 'poolDataSizeBytes', 'size'],
-  ['nbd-host', 'nbdHost', 'string'],
-  ['nbd-port', 'nbdPort', 'number'],
-  ['nbd-advertise-host', 'nbdAdvertiseHost', 'string'],
-  ['node-id', 'nodeId', 'string'],
-  ['max-volumes-per-node', 'maxVolumesPerNode', 'number'],
-  ['state-dir', 'stateDir', 'string'],
-  ['kubelet-dirs', 'kubeletDirs', 'list'],
-  ['attach-method', 'attachMethod', 'string'],
-  ['nbd-request-timeout', 'nbdRequestTimeoutSeconds', 'number'],
-  ['nbd-dead-connection-timeout', 'nbdDeadConnectionTimeoutSeconds', 'number'],
-  ['nbd-reconnect-helper', 'nbdReconnectHelper', 'string'],
-  ['default-fs-type', 'defaultFsType', 'string'],
-  ['block-metadata-type', 'blockMetadataType', 'string'],
-  ['max-overprovision-ratio', 'maxOverprovisionRatio', 'number'],
-  ['default-volume-size', 'defaultVolumeBytes', 'size'],
-  ['max-volume-size', 'maxVolumeBytes', 'size'],
-  ['metrics-listen', 'metricsListen', 'string'],
+type Kind = 'string' | 'number' | 'size' | 'list' | 'boolean';
+
+export interface Field {
+  flag: string;
+  key: keyof DriverConfig;
+  /** How to read a string value (from the environment, a flag or the file). */
+  kind: Kind;
+  describe: string;
+  /** The default as help shows it, where printing `defaultConfig`'s value would mislead. */
+  shownDefault?: string;
+}
+
+// Every option of `serve` and the config key it sets; docs/csi.md's flag table says the same.
+export const FIELDS: readonly Field[] = [
+  { flag: 'driver-name', key: 'driverName', kind: 'string', describe: 'CSI driver name (GetPluginInfo)' },
+  {
+    flag: 'endpoint',
+    key: 'endpoint',
+    kind: 'string',
+    describe: 'CSI endpoint: a unix socket (/path or unix:///path) or tcp://host:port',
+  },
+  { flag: 'pool-name', key: 'poolName', kind: 'string', describe: 'pool name, the first part of every id' },
+  { flag: 'pool-dir', key: 'poolDir', kind: 'string', describe: 'pool directory, created on first start' },
+  {
+    flag: 'pool-size',
+    key: 'poolDataSizeBytes',
+    kind: 'size',
+    describe: 'data size of a pool created on first start',
+  },
+  { flag: 'nbd-host', key: 'nbdHost', kind: 'string', describe: 'address the NBD server listens on' },
+  { flag: 'nbd-port', key: 'nbdPort', kind: 'number', describe: 'NBD server port (0: any free port)' },
+  {
+    flag: 'nbd-advertise-host',
+    key: 'nbdAdvertiseHost',
+    kind: 'string',
+    describe: 'NBD host that nodes dial (put into publish contexts)',
+    shownDefault: 'the --nbd-host value',
+  },
+  {
+    flag: 'node-id',
+    key: 'nodeId',
+    kind: 'string',
+    describe: 'node id reported by NodeGetInfo',
+    shownDefault: 'the host name',
+  },
+  {
+    flag: 'max-volumes-per-node',
+    key: 'maxVolumesPerNode',
+    kind: 'number',
+    describe: 'NodeGetInfo max_volumes_per_node (0: the CO decides)',
+  },
+  { flag: 'state-dir', key: 'stateDir', kind: 'string', describe: 'node-side record of staged volumes' },
+  {
+    flag: 'kubelet-dirs',
+    key: 'kubeletDirs',
+    kind: 'list',
+    describe: 'staging and target paths must lie below one of these',
+  },
+  {
+    flag: 'attach-method',
+    key: 'attachMethod',
+    kind: 'string',
+    describe: 'kernel (nbd-client), nbdfuse (nbdfuse + loop) or auto (kernel when /sys/module/nbd exists)',
+  },
+  {
+    flag: 'nbd-request-timeout',
+    key: 'nbdRequestTimeoutSeconds',
+    kind: 'number',
+    describe: 'kernel attach: nbd-client -t, seconds; an unanswered request is requeued',
+  },
+  {
+    flag: 'nbd-dead-connection-timeout',
+    key: 'nbdDeadConnectionTimeoutSeconds',
+    kind: 'number',
+    describe: 'kernel attach: seconds I/O waits for nbd-reconnect to reconnect before it fails',
+  },
+  {
+    flag: 'nbd-reconnect-helper',
+    key: 'nbdReconnectHelper',
+    kind: 'string',
+    describe: "the node's nbd-reconnect program (native/nbd-reconnect.c)",
+  },
+  {
+    flag: 'default-fs-type',
+    key: 'defaultFsType',
+    kind: 'string',
+    describe: 'ext4 or xfs, when the volume capability names none',
+  },
+  {
+    flag: 'block-metadata-type',
+    key: 'blockMetadataType',
+    kind: 'string',
+    describe: 'SnapshotMetadata ranges: VARIABLE_LENGTH, or FIXED_LENGTH (one tuple per data block)',
+  },
+  {
+    flag: 'max-overprovision-ratio',
+    key: 'maxOverprovisionRatio',
+    kind: 'number',
+    describe: "sum of volume sizes may reach this multiple of the pool's data size",
+  },
+  {
+    flag: 'default-volume-size',
+    key: 'defaultVolumeBytes',
+    kind: 'size',
+    describe: 'size of a volume created without a capacity range',
+  },
+  { flag: 'max-volume-size', key: 'maxVolumeBytes', kind: 'size', describe: 'largest volume' },
+  {
+    flag: 'metrics-listen',
+    key: 'metricsListen',
+    kind: 'string',
+    describe: 'host:port serving /metrics and /healthz',
+    shownDefault: 'off',
+  },
+  {
+    flag: 'advertise-get-snapshot',
+    key: 'advertiseGetSnapshot',
+    kind: 'boolean',
+    describe: 'list GET_SNAPSHOT in ControllerGetCapabilities (older sidecars crash on it; docs/install.md)',
+  },
 ];
 
-function convert(kind: 'string' | 'number' | 'size' | 'list', value: unknown, what: string): unknown {
+// What help adds to a description: how to write values yargs' own types do not name.
+const KIND_HINTS: Partial<Record<Kind, string>> = {
+  size: '[size: 4096, 64k, 10G, 10GiB]',
+  list: '[list: comma-separated]',
+};
+
+/** A default for help: paths below the working directory (where the defaults live) as ./… */
+function shownValue(value: unknown): string {
+  const cwd = process.cwd() + path.sep;
+  const one = (v: unknown) =>
+    typeof v === 'string' && v.startsWith(cwd) ? `./${v.slice(cwd.length)}` : String(v);
+  return Array.isArray(value) ? value.map(one).join(',') : one(value);
+}
+
+function convert(kind: Kind, value: unknown, what: string): unknown {
   if (kind === 'list')
     return Array.isArray(value) ? value.map(String) : String(value).split(',').filter(Boolean);
   if (kind === 'size') return typeof value === 'number' ? value : parseSize(String(value), what);
+  if (kind === 'boolean') {
+    if (typeof value === 'boolean') return value;
+    const text = String(value).toLowerCase();
+    if (text === 'true' || text === '1') return true;
+    if (text === 'false' || text === '0') return false;
+    throw new RangeError(`${what}: ${String(value)} is not true or false`);
+  }
   if (kind === 'number') {
     const n = Number(value);
-    if (!Number.isFinite(n)) throw new RangeError(`${what}: ${String(value)} is not a number`);
+    // yargs has already made a flag's text a number: NaN when it is none, the text is gone.
+    if (!Number.isFinite(n))
+      throw new RangeError(
+        typeof value === 'number' ? `${what} must be a number` : `${what}: ${String(value)} is not a number`,
+      );
     return n;
   }
   return String(value);
@@ -58,19 +180,19 @@ export function loadConfig(
   const file = (flags.config as string | undefined) ?? env.THINPOOL_CONFIG;
   if (file) {
     const parsed = (YAML.parse(fs.readFileSync(file, 'utf8')) ?? {}) as Record<string, unknown>;
-    for (const [flag, key, kind] of FIELDS) {
+    for (const { flag, key, kind } of FIELDS) {
       const value = parsed[key] ?? parsed[flag];
       if (value !== undefined) layered[key] = convert(kind, value, `${file}: ${key}`);
     }
     if (parsed.topology) layered.topology = parsed.topology;
     if (parsed.role) layered.role = parsed.role;
   }
-  for (const [flag, key, kind] of FIELDS) {
+  for (const { flag, key, kind } of FIELDS) {
     const name = `THINPOOL_${flag.toUpperCase().replace(/-/g, '_')}`;
     if (env[name] !== undefined && env[name] !== '') layered[key] = convert(kind, env[name], name);
   }
   if (env.THINPOOL_ROLE) layered.role = env.THINPOOL_ROLE;
-  for (const [flag, key, kind] of FIELDS) {
+  for (const { flag, key, kind } of FIELDS) {
     if (flags[flag] !== undefined) layered[key] = convert(kind, flags[flag], `--${flag}`);
   }
   if (flags.role !== undefined) layered.role = flags.role;
@@ -102,16 +224,37 @@ export function loadConfig(
 }
 
 export function serveCommand(yargs: Argv): Argv {
+  // Help shows the defaults without giving yargs any: a yargs default would hide the
+  // environment and the file, which rank below flags.
+  const defaults = defaultConfig();
   let y = yargs
     .option('role', {
       type: 'string',
       choices: ['all', 'controller', 'node'],
-      describe: 'which CSI services to run (default all)',
+      describe: 'which CSI services to run',
+      defaultDescription: defaults.role,
     })
-    .option('config', { type: 'string', describe: 'YAML configuration file' })
-    .option('topology', { type: 'string', array: true, describe: 'topology segment key=value (repeatable)' });
-  for (const [flag] of FIELDS) y = y.option(flag, { type: 'string' });
-  return y;
+    .option('config', {
+      type: 'string',
+      describe: 'YAML configuration file (or THINPOOL_CONFIG); keys as in DriverConfig or the flag names',
+    })
+    .option('topology', {
+      type: 'string',
+      array: true,
+      describe: 'topology segment key=value (repeatable)',
+      defaultDescription: `${TOPOLOGY_NODE_KEY}=<node id>`,
+    });
+  for (const { flag, key, kind, describe, shownDefault } of FIELDS) {
+    const value = defaults[key];
+    y = y.option(flag, {
+      type: kind === 'boolean' || kind === 'number' ? kind : 'string',
+      describe: KIND_HINTS[kind] ? `${describe} ${KIND_HINTS[kind]}` : describe,
+      defaultDescription: shownDefault ?? (kind === 'size' ? formatSize(value as number) : shownValue(value)),
+    });
+  }
+  return y.epilogue(
+    'Each option can also be set as THINPOOL_<OPTION> (e.g. THINPOOL_POOL_DIR) or in the YAML file of --config; flags win.',
+  );
 }
 
 export async function serve(flags: Record<string, unknown>): Promise<void> {
