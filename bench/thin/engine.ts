@@ -46,6 +46,21 @@ async function mappedPool(dir: string, blocks: number): Promise<Pool> {
   return pool;
 }
 
+/**
+ * Revert latency: each round writes one block of `id` (so its tree differs from the snapshot's
+ * again) and reverts it to `snapshot`, which frees what the write made.
+ */
+async function revertLatencies(pool: Pool, id: number, snapshot: number, blocks: number, count: number) {
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) {
+    await pool.device(id).write(((i * 7919) % blocks) * BLOCK, Buffer.alloc(4096, i & 0xff));
+    const t0 = performance.now();
+    await pool.revertDevice(id, snapshot);
+    out.push(ms(t0));
+  }
+  return out;
+}
+
 async function snapshotLatencies(
   pool: Pool,
   origin: number,
@@ -116,6 +131,16 @@ async function main(): Promise<void> {
     );
     rows.push(
       `| snapshot latency, ${fmt((BIG_BLOCKS * 64) / 1024 / 1024, 0)} GiB mapped | p50 ${fmt(median(snapBig))} ms, p99 ${fmt(percentile(snapBig, 99))} ms | ${fmt(sizeRatio)}× |`,
+    );
+
+    // 1b. Revert latency at the same two sizes (device 0 back to its first snapshot, id 10).
+    const revertSmall = await revertLatencies(small, 0, 10, SMALL_BLOCKS, 60);
+    const revertBig = await revertLatencies(big, 0, 10, BIG_BLOCKS, 60);
+    rows.push(
+      `| revert latency, ${(SMALL_BLOCKS * 64) / 1024 / 1024} GiB mapped | p50 ${fmt(median(revertSmall))} ms, p99 ${fmt(percentile(revertSmall, 99))} ms | |`,
+    );
+    rows.push(
+      `| revert latency, ${fmt((BIG_BLOCKS * 64) / 1024 / 1024, 0)} GiB mapped | p50 ${fmt(median(revertBig))} ms, p99 ${fmt(percentile(revertBig, 99))} ms | ${fmt(median(revertBig) / median(revertSmall))}× |`,
     );
 
     // 2. Depth: a chain of snapshots of snapshots, each written to once. Then, with the pool

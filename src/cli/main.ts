@@ -12,6 +12,7 @@ const commands = {
   thin: () => require('./commands/thin') as typeof import('./commands/thin'),
   nbd: () => require('./commands/nbd') as typeof import('./commands/nbd'),
   csi: () => require('./commands/csi') as typeof import('./commands/csi'),
+  volume: () => require('./commands/volume') as typeof import('./commands/volume'),
   backup: () => require('./commands/backup') as typeof import('./commands/backup'),
   serve: () => require('./commands/serve') as typeof import('./commands/serve'),
 };
@@ -36,6 +37,9 @@ export async function main(args: string[]): Promise<void> {
       (y: Argv) => commands.csi().csiCommand(y),
       (argv) =>
         commands.csi().callCsi(argv as unknown as Parameters<ReturnType<typeof commands.csi>['callCsi']>[0]),
+    )
+    .command('volume', 'volume operations CSI has no call for (revert), through the controller', (y: Argv) =>
+      commands.volume().volumeCommands(y),
     )
     .command('backup', 'incremental snapshot backups through the CSI driver; restore', (y: Argv) =>
       commands.backup().backupCommands(y),

@@ -18,7 +18,8 @@ import { ExportGrants } from './exports';
 import { OperationLocks } from './handler';
 import { identityHandlers } from './identity';
 import { NodeService } from './node';
-import { csiServices } from './proto';
+import { adminServices, csiServices } from './proto';
+import { VolumeAdmin } from './volume-admin';
 import { SnapshotMetadataService } from './snapshot-metadata';
 import { Store } from './store';
 
@@ -60,11 +61,13 @@ export class Driver {
     const controllerReady = runsController(this.config);
     let controller: grpc.UntypedServiceImplementation = {};
     let metadata: grpc.UntypedServiceImplementation = {};
+    let admin: grpc.UntypedServiceImplementation = {};
     if (controllerReady) {
       // Calls before the pool is open get UNAVAILABLE; the real handlers are swapped in later.
       const late = (name: string): grpc.UntypedHandleCall =>
         ((call: grpc.ServerUnaryCall<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
-          const impl = (name in controller ? controller : metadata)[name] as (...a: unknown[]) => void;
+          const impl = [controller, metadata, admin].find((h) => name in h)?.[name] as
+            ((...a: unknown[]) => void) | undefined;
           if (impl) return impl(call, callback);
           const error = { code: grpc.status.UNAVAILABLE, details: 'the pool is not open yet' };
           if (callback) callback(error);
@@ -74,6 +77,8 @@ export class Driver {
         Object.fromEntries(Object.keys(def).map((name) => [name, late(name)]));
       this.server.addService(services.Controller.service, proxy(services.Controller.service));
       this.server.addService(services.SnapshotMetadata.service, proxy(services.SnapshotMetadata.service));
+      const volumes = adminServices().Volumes.service;
+      this.server.addService(volumes, proxy(volumes));
     }
     const endpoint = parseCsiEndpoint(this.config.endpoint);
     if (endpoint.kind === 'unix') {
@@ -110,6 +115,7 @@ export class Driver {
     }
     controller = ctl.handlers(this.locks);
     metadata = new SnapshotMetadataService(this.config, store).handlers(this.locks);
+    admin = new VolumeAdmin(store).handlers(this.locks);
     this.ready = true;
     log.info('driver ready', { pool: this.config.poolDir, nbd: `${this.config.nbdHost}:${this.nbdPort}` });
   }

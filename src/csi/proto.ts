@@ -23,14 +23,30 @@ export interface CsiServices {
   SnapshotMetadata: grpc.ServiceClientConstructor;
 }
 
-let cached: CsiServices | undefined;
+const loaded = new Map<string, unknown>();
+
+// One load per file; `pkg` is the dotted package name whose services are returned.
+function services<T>(file: string, pkg: string): T {
+  if (!loaded.has(file)) {
+    let at: unknown = grpc.loadPackageDefinition(protoLoader.loadSync(file, LOADER_OPTIONS));
+    for (const part of pkg.split('.')) at = (at as Record<string, unknown>)[part];
+    loaded.set(file, at);
+  }
+  return loaded.get(file) as T;
+}
 
 /** The csi.v1 services (constructors double as clients; `.service` is the server definition). */
 export function csiServices(): CsiServices {
-  if (!cached) {
-    const definition = protoLoader.loadSync(PROTO_FILE, LOADER_OPTIONS);
-    const root = grpc.loadPackageDefinition(definition) as unknown as { csi: { v1: CsiServices } };
-    cached = root.csi.v1;
-  }
-  return cached;
+  return services<CsiServices>(PROTO_FILE, 'csi.v1');
+}
+
+export const ADMIN_PROTO_FILE = path.resolve(__dirname, '../../proto/thinpool.proto');
+
+export interface AdminServices {
+  Volumes: grpc.ServiceClientConstructor;
+}
+
+/** thinpool.v1: the controller's own RPCs (proto/thinpool.proto), same loader options. */
+export function adminServices(): AdminServices {
+  return services<AdminServices>(ADMIN_PROTO_FILE, 'thinpool.v1');
 }

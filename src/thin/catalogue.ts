@@ -155,6 +155,16 @@ export class Catalogue {
     return this.db?.get(deviceKey(id)) as CatalogueEntry | undefined;
   }
 
+  /** True when `ancestor` is on `id`'s chain of origins (a deleted link ends the chain). */
+  descendsFrom(id: number, ancestor: number): boolean {
+    const seen = new Set<number>();
+    for (let at = this.get(id)?.origin; at !== undefined && !seen.has(at); at = this.get(at)?.origin) {
+      if (at === ancestor) return true;
+      seen.add(at);
+    }
+    return false;
+  }
+
   /** Ids in order, from after `after`, at most `limit`: O(log n + page). */
   ids(options: PageOptions = {}): number[] {
     const start = (options.after ?? -1) + 1;

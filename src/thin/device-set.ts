@@ -5,7 +5,7 @@ import { logger } from '../log';
 import { faultPoint } from '../util/fault-point';
 import { ADOPTED_LABEL, Catalogue, CatalogueEntry } from './catalogue';
 import { DeviceIdSet } from './device-ids';
-import { DeviceExistsError, PoolError, PoolReadOnlyError } from './errors';
+import { DeviceExistsError, DeviceNotFoundError, PoolError, PoolReadOnlyError } from './errors';
 import { IoGate } from './io-gate';
 import { ThinMetadata } from './metadata';
 import { Transactions } from './transactions';
@@ -85,6 +85,39 @@ export class DeviceSet {
       faultPoint(`${op}:after-catalogue`);
       log.info(`${op === 'create' ? 'created' : 'deleted'} thin device`, { id, transactionId: to });
       return id;
+    });
+  }
+
+  /**
+   * Device `id` takes a shared copy of its snapshot `toId`'s mapping tree in one pool commit: it
+   * then holds what `toId` holds, its size grows to the snapshot's if that is larger, `toId` and
+   * every other snapshot stay, and the blocks only `id` held are freed. The device set and the
+   * transaction id stay, so the catalogue needs no intent. Returns the device's size.
+   */
+  revert(id: number, toId: number, switched: () => void): Promise<number> {
+    return this.gate.exclusive(async () => {
+      this.txn.checkWritable();
+      const md = this.txn.md;
+      const entry = this.catalogue.get(id);
+      const to = this.catalogue.get(toId);
+      if (!entry || !md.deviceExists(id)) throw new DeviceNotFoundError(id);
+      if (!to || !md.deviceExists(toId)) throw new DeviceNotFoundError(toId);
+      if (!this.catalogue.descendsFrom(toId, id))
+        throw new PoolError(
+          `device ${toId} is not a snapshot of device ${id} (nor of one of its snapshots)`,
+          'EINVAL',
+        );
+      const sizeBytes = Math.max(entry.sizeBytes, to.sizeBytes);
+      // Growing first is harmless if the revert then fails: the new tail reads as zeros.
+      if (sizeBytes > entry.sizeBytes) this.catalogue.update(id, { sizeBytes });
+      await this.txn.commitNow();
+      await this.txn.metadataChange(() => {
+        md.revertDevice(id, toId);
+        switched();
+      });
+      faultPoint('revert:after-pool-commit');
+      log.info('reverted thin device', { id, to: toId });
+      return sizeBytes;
     });
   }
 

@@ -220,6 +220,7 @@ export class ThinMetadata {
     this.sb.dataSpaceMap = this.dataSm.root();
     this.sb.metadataSpaceMap = this.metadataSm.root();
     this.bm.flush(SUPERBLOCK_ONLY);
+    faultPoint('commit:before-superblock');
     this.bm.writeNow(SUPERBLOCK_LOCATION, encodeSuperblock(this.sb), superblockValidator);
     this.dataSm.committed();
     this.metadataSm.committed();
@@ -286,6 +287,29 @@ export class ThinMetadata {
       snapshottedTime: this.sb.time,
     });
     this.changedDetails.set(originId, { ...origin, snapshottedTime: this.sb.time });
+  }
+
+  /**
+   * O(1) revert: device `id` takes a shared copy of `toId`'s mapping tree, and the blocks only its
+   * old tree held are freed. Both devices then see every block as shared, as after a snapshot.
+   */
+  revertDevice(id: number, toId: number): void {
+    const root = this.deviceRoot(id);
+    const details = this.deviceDetails(id);
+    const toRoot = this.deviceRoot(toId);
+    const to = this.deviceDetails(toId);
+    if (root === undefined || !details) throw new DeviceNotFoundError(id);
+    if (toRoot === undefined || !to) throw new DeviceNotFoundError(toId);
+    if (this.sb.time >= MAX_TIME)
+      throw new RangeError(`pool time would pass 2^24 - 1; no more snapshots or reverts possible`);
+    // The same root already (a revert with no write since): taking a reference would leak one.
+    if (root !== toRoot) {
+      this.tm.inc(toRoot);
+      this.setMappingRoot(this.devices.insert(this.sb.dataMappingRoot, id, u64(toRoot)));
+    }
+    this.sb.time++;
+    this.changedDetails.set(id, { ...details, mappedBlocks: to.mappedBlocks, snapshottedTime: this.sb.time });
+    this.changedDetails.set(toId, { ...to, snapshottedTime: this.sb.time });
   }
 
   /** Removes the device; blocks only it referenced are freed (snapshots of it are unaffected). */

@@ -230,6 +230,20 @@ export class Pool extends EventEmitter implements DeviceHost {
     this.views.delete(id);
   }
 
+  /**
+   * Reverts device `id` to its snapshot `toId` in one pool commit, O(1) in metadata (see
+   * `DeviceSet.revert`). I/O to `id` waits for the instant of the switch; a reader must drop what
+   * it cached of `id`.
+   */
+  async revertDevice(id: number, toId: number): Promise<DeviceInfo> {
+    const sizeBytes = await this.deviceSet.revert(id, toId, () => {
+      this.views.get(id)?.refresh();
+      this.views.get(toId)?.refresh();
+    });
+    for (const views of [this.open, this.openReadOnly]) views.get(id)?.grew(sizeBytes);
+    return this.deviceInfo(id);
+  }
+
   /** Grows a device's virtual size (a catalogue change: dm-thin stores no size). */
   async resizeDevice(id: number, sizeBytes: number): Promise<DeviceInfo> {
     checkDeviceSize(sizeBytes);

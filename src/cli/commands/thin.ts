@@ -76,6 +76,20 @@ export function thinCommands(yargs: Argv): Argv {
         }),
     )
     .command(
+      'revert <pool> <id>',
+      'revert a device to one of its snapshots (O(1); the snapshot and the others stay)',
+      (y) =>
+        y
+          .positional('pool', poolArg)
+          .positional('id', idArg)
+          .option('to', { ...idArg, describe: 'the snapshot to revert to' })
+          .option('json', json),
+      (argv) =>
+        withPool(argv.pool, {}, async (pool) =>
+          printResult({ ...(await pool.revertDevice(argv.id, argv.to)) }, argv.json),
+        ),
+    )
+    .command(
       'resize <pool> <id>',
       'grow a device',
       (y) =>
