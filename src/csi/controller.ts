@@ -4,7 +4,6 @@ import type { DeviceInfo } from '../thin/pool';
 import type { DriverConfig } from './config';
 import { capabilitiesOf } from './config';
 import {
-  aborted,
   alreadyExists,
   failedPrecondition,
   invalidArgument,
@@ -62,13 +61,9 @@ import {
   parseVolumeParameters,
   sizeFor,
 } from './validate';
+import { paginate } from './paginate';
 
 const log = logger('controller');
-
-interface ListRequest {
-  max_entries: number;
-  starting_token: string;
-}
 
 /** Where the pool's volumes can be reached from: the topology of the node that hosts it. */
 function poolTopology(config: DriverConfig): Topology[] {
@@ -77,28 +72,6 @@ function poolTopology(config: DriverConfig): Topology[] {
 
 function matchesTopology(ours: Record<string, string>, wanted: Topology): boolean {
   return Object.entries(wanted.segments).every(([k, v]) => ours[k] === v);
-}
-
-/** Page through `items` (ordered by device id) using the next device id as the token. */
-/**
- * One page of a listing: the token is the id the next page starts at, and `fetch` is asked for
- * one entry more than the page holds, to know whether there is a next page.
- */
-function paginate(
-  request: ListRequest,
-  fetch: (page: { after?: number; limit?: number }) => DeviceInfo[],
-): { page: DeviceInfo[]; next: string } {
-  if (request.max_entries < 0) throw invalidArgument('max_entries must not be negative');
-  let after: number | undefined;
-  if (request.starting_token) {
-    if (!/^\d+$/.test(request.starting_token))
-      throw aborted(`starting_token ${JSON.stringify(request.starting_token)} is not one of ours`);
-    after = Number(request.starting_token) - 1;
-  }
-  const limit = request.max_entries > 0 ? request.max_entries : undefined;
-  const items = fetch({ after, limit: limit === undefined ? undefined : limit + 1 });
-  if (limit === undefined || items.length <= limit) return { page: items, next: '' };
-  return { page: items.slice(0, limit), next: String(items[limit].id) };
 }
 
 export class ControllerService {
