@@ -216,8 +216,7 @@ export class Catalogue {
       entry: intent.op === 'create' ? intent.entry : null,
       transactionId: intent.toTransactionId,
     };
-    if (!this.log.hasRoomFor(record)) this.persist();
-    this.inFlightSeq = this.log.append(record);
+    this.inFlightSeq = this.log.append(record, () => this.persist());
     this.stage([[record.id, record.entry]]);
     this.state = { ...this.state, intent: stored };
   }

@@ -104,18 +104,20 @@ export class IntentLog<T> {
     return this.nextSeq - 1;
   }
 
-  /** False when the record would overwrite one the store does not hold: release first. */
-  hasRoomFor(record: T): boolean {
-    return this.place(slotsFor(encode(record))) !== undefined;
-  }
-
-  /** Writes the record and syncs it; returns its seq. */
-  append(record: T): number {
+  /**
+   * Writes the record and syncs it; returns its seq. When it would overwrite a record the store
+   * does not hold, `makeRoom` (which must store and `release` them) runs first.
+   */
+  append(record: T, makeRoom?: () => void): number {
     const payload = encode(record);
     const n = slotsFor(payload);
     if (n > this.slots / 4)
       throw new IntentLogError(`a record of ${payload.length} bytes is too large for ${this.file}`);
-    const slot = this.place(n);
+    let slot = this.place(n);
+    if (slot === undefined && makeRoom) {
+      makeRoom();
+      slot = this.place(n);
+    }
     if (slot === undefined) throw new IntentLogError(`${this.file}: no room; release records first`);
     const seq = this.nextSeq;
     const buf = Buffer.alloc(n * SLOT);
