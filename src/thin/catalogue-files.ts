@@ -10,6 +10,8 @@ export interface CatalogueEntry {
   origin?: number;
   createdAt: string;
   labels: Record<string, string>;
+  /** With era tracking: the era that began at this snapshot (every later write is in it or later). */
+  era?: number;
 }
 
 /**

@@ -21,6 +21,8 @@ export class DataFile {
   private syncing = 0;
   private readonly syncReads: SyncReadPolicy;
   private readonly syncIoMaxBytes: number;
+  /** Told of the blocks a write covers before it is issued (era tracking). */
+  onWrite: ((firstBlock: number, count: number) => void) | undefined;
 
   private constructor(
     readonly path: string,
@@ -83,6 +85,11 @@ export class DataFile {
     this.dirty = true;
     let parts = Array.isArray(data) ? data : [data];
     const total = parts.reduce((n, p) => n + p.length, 0);
+    if (this.onWrite && total > 0) {
+      const first = dataBlock + Math.floor(offsetInBlock / this.blockBytes);
+      const last = dataBlock + Math.floor((offsetInBlock + total - 1) / this.blockBytes);
+      this.onWrite(first, last - first + 1);
+    }
     const sync = total <= this.syncIoMaxBytes;
     // writev may write less than asked; carry on from where it stopped.
     for (let done = 0; done < total;) {

@@ -43,11 +43,14 @@ export class DeviceSet {
     return id;
   }
 
-  /** Creates (with `entry`) or deletes a device; `apply` changes the metadata. Returns the id. */
+  /**
+   * Creates (with `entry`, or what it returns inside the exclusive section) or deletes a device;
+   * `apply` changes the metadata. Returns the id.
+   */
   change(
     op: 'create' | 'delete',
     want: DeviceIdChoice,
-    entry: CatalogueEntry | undefined,
+    entry: CatalogueEntry | (() => CatalogueEntry) | undefined,
     apply: (md: ThinMetadata, id: number) => void,
   ): Promise<number> {
     return this.gate.exclusive(async () => {
@@ -60,7 +63,13 @@ export class DeviceSet {
       const to = from + 1;
       this.catalogue.recordIntent(
         op === 'create'
-          ? { op, id, entry: entry!, fromTransactionId: from, toTransactionId: to }
+          ? {
+              op,
+              id,
+              entry: typeof entry === 'function' ? entry() : entry!,
+              fromTransactionId: from,
+              toTransactionId: to,
+            }
           : { op, id, fromTransactionId: from, toTransactionId: to },
       );
       faultPoint(`${op}:after-intent`);

@@ -2,6 +2,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { logger } from '../log';
 import { crc32c } from '../pdata/crc32c';
+import { currentBootId } from './boot-id';
 import type { MappingChangeListener, ThinMetadata } from './metadata';
 import { Superblock, encodeSuperblock } from './superblock';
 
@@ -18,7 +19,6 @@ const HEADER_BYTES = 64;
 const RECORD_BYTES = 32;
 const MAP = 1;
 const UNMAP = 2;
-const BOOT_ID_PATH = '/proc/sys/kernel/random/boot_id';
 
 const log = logger('pool');
 
@@ -27,15 +27,6 @@ export interface ReplayResult {
   applied: number;
   /** Why nothing (or only a prefix) was applied, for the log. */
   note?: string;
-}
-
-function currentBootId(): Buffer | undefined {
-  try {
-    const hex = fs.readFileSync(BOOT_ID_PATH, 'utf8').trim().replace(/-/g, '');
-    return /^[0-9a-f]{32}$/.test(hex) ? Buffer.from(hex, 'hex') : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 // Which committed state the records apply to: a record replayed on top of a later commit (one

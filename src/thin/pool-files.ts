@@ -5,6 +5,7 @@ import { MAX_METADATA_BLOCKS } from '../pdata/space-map/metadata-space-map';
 import { formatSize } from '../util/size';
 import { logger } from '../log';
 import { Catalogue } from './catalogue';
+import { EraTracker } from './era/era-tracker';
 import { ThinMetadata } from './metadata';
 
 const log = logger('pool');
@@ -16,6 +17,8 @@ export interface PoolCreateOptions {
   /** Use this block device for data instead of a sparse file (linked as `<dir>/data`). */
   dataDevice?: string;
   metadataDevice?: string;
+  /** Track the era of every data block (dm-era metadata beside the pool's). */
+  era?: boolean;
 }
 
 // Where a pool keeps its parts inside its directory. `metadata` and `data` may be symlinks to
@@ -30,6 +33,8 @@ export function poolPaths(dir: string) {
     /** The JSON catalogue of earlier releases, upgraded on the first read-write open. */
     legacyCatalogue: path.join(dir, 'catalogue.json'),
     journal: path.join(dir, 'mapping-journal'),
+    /** dm-era metadata of the data blocks, when era tracking is on, and its journal. */
+    era: { metadata: path.join(dir, 'era-metadata'), journal: path.join(dir, 'era-journal') },
   };
 }
 
@@ -107,7 +112,7 @@ export function formatPool(dir: string, options: PoolCreateOptions): void {
     throw new PoolConfigError('a data size is required');
   fs.mkdirSync(dir, { recursive: true });
   // A journal left from an earlier pool here must never be replayed onto this one.
-  fs.rmSync(paths.journal, { force: true });
+  for (const f of [paths.journal, paths.era.journal, paths.era.metadata]) fs.rmSync(f, { force: true });
   try {
     if (options.dataDevice) fs.symlinkSync(options.dataDevice, paths.data);
     if (options.metadataDevice) fs.symlinkSync(options.metadataDevice, paths.metadata);
@@ -140,10 +145,11 @@ export function formatPool(dir: string, options: PoolCreateOptions): void {
     }
     ThinMetadata.format(paths.metadata, { dataBlockSectors: blockBytes / 512, nrDataBlocks }).close();
     Catalogue.create(paths.catalogue, 0).close();
-    log.info('created pool', { dir, blockBytes, nrDataBlocks, metadataBytes });
+    if (options.era) EraTracker.format(paths.era, nrDataBlocks, blockBytes / 512);
+    log.info('created pool', { dir, blockBytes, nrDataBlocks, metadataBytes, era: options.era ?? false });
   } catch (e) {
     // Leave nothing half-made behind (for block devices only our symlinks go).
-    for (const f of [paths.metadata, paths.data, paths.catalogue])
+    for (const f of [paths.metadata, paths.data, paths.catalogue, paths.era.metadata, paths.era.journal])
       fs.rmSync(f, { force: true, recursive: true });
     throw e;
   }

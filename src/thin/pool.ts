@@ -7,7 +7,15 @@ import { Catalogue, CatalogueEntry, CatalogueReport, PageOptions } from './catal
 import { DataFile } from './data-file';
 import { DataSpace, NoSpacePolicy } from './data-space';
 import { DeviceIdChoice, DeviceSet, adoptedEntry, checkDeviceSize } from './device-set';
-import { DeltaRange, MappedRange, allocatedRanges, deltaRanges } from './delta';
+import {
+  DeltaRange,
+  MappedRange,
+  allocatedRanges,
+  deltaRanges,
+  mappedDataBlocks,
+  writtenRanges,
+} from './delta';
+import { EraStatus, EraTracker } from './era/era-tracker';
 import { DeviceNotFoundError, PoolError } from './errors';
 import { blockRunsToExtents } from './extents';
 import { IoGate } from './io-gate';
@@ -68,6 +76,8 @@ export interface PoolStatus {
   dataSyncs: number;
   /** Catalogue entries, and what opening found (see `Catalogue.reconcile`). */
   catalogue: { entries: number; snapshots: number } & CatalogueReport;
+  /** Era tracking, when the pool has it. */
+  era?: EraStatus;
 }
 
 export interface DeviceInfo extends CatalogueEntry {
@@ -100,15 +110,21 @@ export class Pool extends EventEmitter implements DeviceHost {
     private readonly found: CatalogueReport,
     metadataIds: readonly number[],
     options: PoolOpenOptions,
+    /** Era tracking of the data blocks, when the pool has it. */
+    readonly era: EraTracker | undefined,
   ) {
     super();
+    if (era) data.onWrite = (first, count) => era.mark(first, count);
     this.blockBytes = md.dataBlockBytes;
     this.skipBlockZeroing = options.skipBlockZeroing ?? false;
     this.txn = new Transactions(poolPaths(dir), md, data, this.gate, {
       readOnly: options.readOnly,
       commitIntervalMs: options.commitIntervalMs ?? 1000,
       // Settles the last device-set change on disk (opening would roll it forward anyway).
-      afterPeriodicCommit: () => this.catalogue.flush(),
+      afterPeriodicCommit: () => {
+        this.catalogue.flush();
+        this.era?.commit();
+      },
       metadataReplaced: () => {
         for (const view of this.views.values()) view.refresh();
       },
@@ -147,6 +163,7 @@ export class Pool extends EventEmitter implements DeviceHost {
     const md = ThinMetadata.open(paths.metadata, options);
     let data: DataFile | undefined;
     let catalogue: Catalogue | undefined;
+    let era: EraTracker | undefined;
     try {
       if (!options.skipVerify) md.verifyTrees();
       data = await DataFile.open(paths.data, md.dataBlockBytes, options);
@@ -160,10 +177,13 @@ export class Pool extends EventEmitter implements DeviceHost {
       catalogue = Catalogue.open(paths.catalogue, paths.legacyCatalogue, { readOnly: options.readOnly });
       const ids = md.deviceIds();
       const found = catalogue.reconcile(md.sb.transactionId, ids, (id) => adoptedEntry(md, id));
-      const pool = new Pool(dir, md, data, catalogue, found, ids, options);
+      if (EraTracker.exists(paths.era))
+        era = EraTracker.open(paths.era, md.sb.dataSpaceMap.nrBlocks, { readOnly: options.readOnly });
+      const pool = new Pool(dir, md, data, catalogue, found, ids, options, era);
       await pool.txn.start();
       return pool;
     } catch (e) {
+      era?.close();
       catalogue?.close();
       await data?.close();
       md.close();
@@ -212,7 +232,9 @@ export class Pool extends EventEmitter implements DeviceHost {
       labels: options.labels ?? {},
     };
     // The origin's writers must see its blocks as shared before any other I/O may run.
-    const chosen = await this.deviceSet.change('create', id, entry, (md, newId) => {
+    // With era tracking, the snapshot starts a new era: every later write is in it or a later one.
+    const withEra = () => (this.era ? { ...entry, era: this.era.checkpoint() } : entry);
+    const chosen = await this.deviceSet.change('create', id, withEra, (md, newId) => {
       md.createSnap(newId, originId);
       this.views.get(originId)?.refresh();
     });
@@ -239,6 +261,11 @@ export class Pool extends EventEmitter implements DeviceHost {
     const sizeBytes = await this.deviceSet.revert(id, toId, () => {
       this.views.get(id)?.refresh();
       this.views.get(toId)?.refresh();
+      // The device now maps blocks it did not write: to era readers they are written now.
+      if (this.era) {
+        this.era.markAll(mappedDataBlocks(this.md, this.md.sb, id));
+        this.era.commit();
+      }
     });
     for (const views of [this.open, this.openReadOnly]) views.get(id)?.grew(sizeBytes);
     return this.deviceInfo(id);
@@ -376,6 +403,19 @@ export class Pool extends EventEmitter implements DeviceHost {
     return this.gate.run(async () => allocatedRanges(this.md, this.viewFor(options), id));
   }
 
+  /** Mapped runs of `id` whose data was written in era `since` or later (needs era tracking). */
+  async writtenSinceEra(
+    id: number,
+    since: number,
+    options: { useMetadataSnap?: boolean } = {},
+  ): Promise<MappedRange[]> {
+    const era = this.era;
+    if (!era) throw new PoolError(`${this.dir} has no era tracking (pool era enable turns it on)`, 'EINVAL');
+    return this.gate.run(async () =>
+      writtenRanges(this.md, this.viewFor(options), id, era.writtenSince(since)),
+    );
+  }
+
   private viewFor(options: { useMetadataSnap?: boolean }): Superblock {
     if (!options.useMetadataSnap) return this.md.sb;
     const held = this.md.heldSuperblock();
@@ -390,7 +430,10 @@ export class Pool extends EventEmitter implements DeviceHost {
     this.checkWritable();
     if (dataSizeBytes !== undefined) await this.data.grow(dataSizeBytes);
     const nrBlocks = this.data.nrBlocks;
-    await this.gate.exclusive(() => this.txn.metadataChange(() => this.space.grow(nrBlocks)));
+    await this.gate.exclusive(async () => {
+      await this.txn.metadataChange(() => this.space.grow(nrBlocks));
+      this.era?.grow(nrBlocks);
+    });
     log.info('pool resized', { dataBlocks: nrBlocks });
     this.emit('resized', nrBlocks);
     return this.status();
@@ -403,8 +446,8 @@ export class Pool extends EventEmitter implements DeviceHost {
   // ---- transactions ----
 
   /** Makes everything acknowledged so far durable: data first, then metadata, superblock last. */
-  flush(): Promise<void> {
-    return this.commit();
+  async flush(): Promise<void> {
+    await Promise.all([this.commit(), this.era?.sync()]);
   }
 
   commit(): Promise<void> {
@@ -429,6 +472,7 @@ export class Pool extends EventEmitter implements DeviceHost {
       commits: this.txn.commitCount,
       dataSyncs: this.data.syncCount,
       catalogue: { ...this.catalogue.counts, ...this.found },
+      ...(this.era ? { era: this.era.status() } : {}),
     };
   }
 
@@ -440,6 +484,7 @@ export class Pool extends EventEmitter implements DeviceHost {
     if (this.closed) return;
     this.closed = true;
     await this.txn.close();
+    this.era?.close();
     this.catalogue.close();
     await this.data.close();
   }

@@ -22,7 +22,15 @@ function findRepoRoot(from: string): string {
 export const TRIXIE_ROOT = path.join(REPO_ROOT, '.tools', 'trixie');
 
 export type ThinToolName =
-  'thin_check' | 'thin_dump' | 'thin_restore' | 'thin_ls' | 'thin_delta' | 'thin_rmap';
+  | 'thin_check'
+  | 'thin_dump'
+  | 'thin_restore'
+  | 'thin_ls'
+  | 'thin_delta'
+  | 'thin_rmap'
+  | 'era_check'
+  | 'era_dump'
+  | 'era_invalidate';
 export type ThinToolVersion = '0.9' | '1.1';
 
 const SETUP_HINT = 'run scripts/setup as root';

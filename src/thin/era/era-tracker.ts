@@ -1,0 +1,210 @@
+import fs from 'node:fs';
+import { logger } from '../../log';
+import { EraJournal } from './era-journal';
+import { EraMetadata, eraMetadataBytes } from './era-metadata';
+
+const log = logger('era');
+
+export interface EraPaths {
+  metadata: string;
+  journal: string;
+}
+
+export interface EraStatus {
+  currentEra: number;
+  nrBlocks: number;
+  /** Blocks marked in the current era so far. */
+  markedThisEra: number;
+  /** Era covered by the held metadata snapshot (its last complete era), if one is held. */
+  snapshotEra?: number;
+  metadataSnapBlock?: number;
+}
+
+/**
+ * Era tracking of a pool's data blocks: which blocks each write touches, in dm-era's format. The
+ * current era's marks live in memory and in the era journal; the era metadata takes them at
+ * every era commit (the pool's periodic commit, a checkpoint, close). Writes are marked before
+ * they are issued, so a mark is never missing for data that reached the file.
+ */
+export class EraTracker {
+  private marked: Uint8Array;
+  private markedCount = 0;
+  private pending: number[] = [];
+  private readonly scratch: number[] = [];
+
+  private constructor(
+    private readonly md: EraMetadata,
+    private readonly journal: EraJournal | undefined,
+  ) {
+    this.marked = new Uint8Array(Math.ceil(md.nrBlocks / 8));
+  }
+
+  /** Creates era metadata for `nrBlocks` data blocks of `dataBlockSectors` each. */
+  static format(paths: EraPaths, nrBlocks: number, dataBlockSectors: number): void {
+    for (const f of [paths.metadata, paths.journal]) fs.rmSync(f, { force: true });
+    const fd = fs.openSync(paths.metadata, 'wx', 0o600);
+    fs.ftruncateSync(fd, eraMetadataBytes(nrBlocks));
+    fs.closeSync(fd);
+    const md = EraMetadata.format(paths.metadata, { nrBlocks, dataBlockSectors });
+    md.sb.cleanShutdown = true;
+    md.commit();
+    md.close();
+  }
+
+  static exists(paths: EraPaths): boolean {
+    return fs.existsSync(paths.metadata);
+  }
+
+  /**
+   * Opens the era metadata: replays the journal of a killed predecessor, marks every block
+   * written after a machine crash that lost marks from the page cache, then starts a new era (as
+   * dm-era does on every resume).
+   */
+  static open(paths: EraPaths, nrBlocks: number, options: { readOnly?: boolean } = {}): EraTracker {
+    const md = EraMetadata.open(paths.metadata, options);
+    if (options.readOnly) return new EraTracker(md, undefined);
+    const journal = EraJournal.open(paths.journal);
+    try {
+      const { blocks, sameBoot } = journal.read();
+      const known = blocks.filter((b) => b < md.nrBlocks);
+      if (known.length) md.mark([...new Set(known)].sort((a, b) => a - b));
+      if (!md.sb.cleanShutdown && !sameBoot) {
+        // Marks written but not synced before the crash are gone with the page cache, and so
+        // may the writes they covered be, or not: every block counts as written now.
+        log.warn('era metadata was not closed cleanly before a reboot: every block is marked written', {
+          era: md.currentEra,
+        });
+        md.mark(Array.from({ length: md.nrBlocks }, (_, i) => i));
+      } else if (known.length) {
+        log.info('replayed era marks of the last run', { blocks: known.length, era: md.currentEra });
+      }
+      md.rollover();
+      if (nrBlocks > md.nrBlocks) {
+        log.info('era tracking grows with the pool', { from: md.nrBlocks, to: nrBlocks });
+        md.grow(nrBlocks);
+      }
+      md.sb.cleanShutdown = false;
+      md.commit();
+      journal.restart();
+    } catch (e) {
+      journal.close();
+      md.close();
+      throw e;
+    }
+    return new EraTracker(md, journal);
+  }
+
+  get currentEra(): number {
+    return this.md.currentEra;
+  }
+
+  get nrBlocks(): number {
+    return this.md.nrBlocks;
+  }
+
+  /** The pool grew to `nrBlocks` data blocks. */
+  grow(nrBlocks: number): void {
+    if (nrBlocks <= this.md.nrBlocks) return;
+    this.commit();
+    this.md.grow(nrBlocks);
+    this.md.commit();
+    const marked = new Uint8Array(Math.ceil(nrBlocks / 8));
+    marked.set(this.marked);
+    this.marked = marked;
+  }
+
+  /** Called before a write to `count` data blocks from `first` is issued. */
+  mark(first: number, count: number): void {
+    const fresh = this.scratch;
+    const end = Math.min(first + count, this.md.nrBlocks);
+    for (let b = first; b < end; b++) {
+      const bit = 1 << (b & 7);
+      if (this.marked[b >> 3] & bit) continue;
+      this.marked[b >> 3] |= bit;
+      fresh.push(b);
+    }
+    if (fresh.length === 0) return;
+    this.markedCount += fresh.length;
+    for (const b of fresh) this.pending.push(b);
+    try {
+      this.journal?.append(fresh);
+    } finally {
+      fresh.length = 0;
+    }
+  }
+
+  /** Marks every block of `blocks` (a revert remaps them without writing them). */
+  markAll(blocks: Iterable<number>): void {
+    for (const b of blocks) this.mark(b, 1);
+  }
+
+  /** Makes the marks so far durable (part of a pool flush). */
+  sync(): Promise<void> {
+    return this.journal?.sync() ?? Promise.resolve();
+  }
+
+  /** Writes the marks into the era metadata and commits it. */
+  commit(): void {
+    if (this.pending.length) {
+      this.md.mark([...new Set(this.pending)].sort((a, b) => a - b));
+      this.pending = [];
+    }
+    if (!this.md.hasUncommittedChanges) return;
+    this.md.commit();
+    this.journal?.restart();
+  }
+
+  /** Ends the current era and starts the next, durably; returns the new era. */
+  checkpoint(): number {
+    this.commit();
+    const era = this.md.rollover();
+    this.md.commit();
+    this.journal?.restart();
+    this.marked.fill(0);
+    this.markedCount = 0;
+    return era;
+  }
+
+  takeSnapshot(): { era: number; location: number } {
+    this.commit();
+    const snap = this.md.takeSnapshot();
+    this.marked.fill(0);
+    this.markedCount = 0;
+    this.journal?.restart();
+    return snap;
+  }
+
+  dropSnapshot(): void {
+    this.commit();
+    this.md.dropSnapshot();
+    this.journal?.restart();
+  }
+
+  /** Bitmap of the data blocks written in era `since` or later (bit b of byte b >> 3). */
+  writtenSince(since: number): Uint8Array {
+    const bits = this.md.writtenSince(since, 'live');
+    if (this.md.currentEra >= since) for (let i = 0; i < bits.length; i++) bits[i] |= this.marked[i];
+    return bits;
+  }
+
+  status(): EraStatus {
+    const snap = this.md.snapshotSuperblock();
+    return {
+      currentEra: this.md.currentEra,
+      nrBlocks: this.md.nrBlocks,
+      markedThisEra: this.markedCount,
+      ...(snap ? { snapshotEra: snap.currentEra - 1, metadataSnapBlock: this.md.sb.metadataSnap } : {}),
+    };
+  }
+
+  close(): void {
+    if (this.journal) {
+      this.commit();
+      this.md.sb.cleanShutdown = true;
+      this.md.commit();
+      this.journal.restart();
+      this.journal.close();
+    }
+    this.md.close();
+  }
+}

@@ -1,0 +1,182 @@
+// Era tracking of a pool's data blocks in the dm-era format: era_check accepts what the engine
+// writes, era_invalidate reads the same "written since era N" as the engine answers, and the
+// marks survive a killed process, a grown pool and a revert.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { crc32c } from '../../src/pdata/crc32c';
+import { Pool } from '../../src/thin/pool';
+import { poolPaths } from '../../src/thin/pool-files';
+import { makeTempDir } from '../helpers/tmp';
+import { thinCheckBoth } from '../helpers/thin-oracle';
+import { ThinToolVersion, runTool, thinTool } from '../helpers/tools';
+
+const MiB = 2 ** 20;
+const BLOCK = 64 * 1024;
+const tmp = makeTempDir();
+afterAll(() => tmp.cleanup());
+
+let poolNo = 0;
+async function newPool(dataMiB = 64): Promise<{ dir: string; pool: Pool }> {
+  const dir = path.join(tmp.dir, `pool-${poolNo++}`);
+  const pool = await Pool.create(dir, { dataSizeBytes: dataMiB * MiB, era: true }, { commitIntervalMs: 0 });
+  await pool.createThin(1, 16 * MiB);
+  return { dir, pool };
+}
+
+async function writeBlocks(pool: Pool, id: number, vblocks: number[], byte = 0x5a): Promise<void> {
+  for (const v of vblocks) await pool.device(id).write(v * BLOCK, Buffer.alloc(BLOCK, byte));
+}
+
+function dataBlockOf(pool: Pool, id: number, vblock: number): number {
+  return pool.metadata.lookupMapping(id, vblock)!.dataBlock;
+}
+
+const vblocksOf = (ranges: { begin: number; length: number }[]) =>
+  ranges.flatMap((r) => Array.from({ length: r.length }, (_, i) => r.begin + i));
+
+/** The blocks an era_invalidate XML lists. */
+function parseInvalidate(xml: string): number[] {
+  const out: number[] = [];
+  for (const m of xml.matchAll(/<block block="(\d+)"\/>|<range begin="(\d+)" end\s*=\s*"(\d+)"\/>/g)) {
+    if (m[1] !== undefined) out.push(Number(m[1]));
+    else for (let b = Number(m[2]); b < Number(m[3]); b++) out.push(b);
+  }
+  return out;
+}
+
+async function eraTool(
+  name: 'era_check' | 'era_invalidate' | 'era_dump',
+  version: ThinToolVersion,
+  args: string[],
+) {
+  const r = await runTool(thinTool(name, version), args);
+  return { ...r, output: r.stdout + r.stderr };
+}
+
+describe('era metadata in the dm-era format', () => {
+  test('era_check accepts it and era_invalidate lists what the engine says was written', async () => {
+    const { dir, pool } = await newPool();
+    await writeBlocks(pool, 1, [0, 1, 5]);
+    const snap = await pool.createSnap(2, 1);
+    expect(snap.era).toBe(pool.era!.currentEra);
+    const since = snap.era!;
+    await writeBlocks(pool, 1, [1, 7, 20], 0x77); // 1 breaks sharing with the snapshot
+    expect(vblocksOf(await pool.writtenSinceEra(1, since))).toEqual([1, 7, 20]);
+    expect(await pool.writtenSinceEra(2, since)).toEqual([]);
+    expect(vblocksOf(await pool.writtenSinceEra(1, 1))).toEqual([0, 1, 5, 7, 20]);
+    const want = [1, 7, 20].map((v) => dataBlockOf(pool, 1, v)).sort((a, b) => a - b);
+    pool.era!.checkpoint(); // era_invalidate reads archived eras only
+    await pool.close();
+
+    const era = poolPaths(dir).era.metadata;
+    for (const v of ['0.9', '1.1'] as const) {
+      const check = await eraTool('era_check', v, [era]);
+      expect({ v, code: check.code, out: check.output }).toEqual({ v, code: 0, out: check.output });
+      const inv = await eraTool('era_invalidate', v, ['--written-since', String(since), era]);
+      expect(inv.code).toBe(0);
+      expect(parseInvalidate(inv.stdout)).toEqual(want);
+    }
+    const dump = await eraTool('era_dump', '0.9', [era]);
+    expect(dump.code).toBe(0);
+    expect(dump.stdout).toMatch(/<superblock [^>]*nr_blocks="1024"/);
+  });
+
+  test('a held era snapshot is what era_invalidate --metadata-snapshot reads while writes go on', async () => {
+    const { dir, pool } = await newPool();
+    const start = pool.era!.currentEra;
+    await writeBlocks(pool, 1, [3, 4]);
+    const held = pool.era!.takeSnapshot();
+    expect(held.era).toBe(start);
+    await writeBlocks(pool, 1, [9]);
+    pool.era!.commit();
+    const era = poolPaths(dir).era.metadata;
+    const inv = await eraTool('era_invalidate', '0.9', [
+      '--metadata-snapshot',
+      '--written-since',
+      String(start),
+      era,
+    ]);
+    expect(inv.code).toBe(0);
+    expect(parseInvalidate(inv.stdout)).toEqual([3, 4].map((v) => dataBlockOf(pool, 1, v)));
+    expect(pool.status().era).toMatchObject({ snapshotEra: start, currentEra: start + 1 });
+    pool.era!.dropSnapshot();
+    expect(pool.status().era!.snapshotEra).toBeUndefined();
+    await pool.close();
+    expect((await eraTool('era_check', '1.1', [era])).code).toBe(0);
+  });
+
+  test('marks of a killed process are replayed; a journal of another boot marks every block', async () => {
+    const { dir, pool } = await newPool();
+    await writeBlocks(pool, 1, [2, 3, 4, 6]);
+    await pool.close();
+    let out = await runEraWorker(dir, [3, 6, 11]);
+    const era = Number(/acked (\d+)/.exec(out)?.[1]);
+    expect(era).toBeGreaterThan(0);
+    const reopened = await Pool.open(dir, { commitIntervalMs: 0 });
+    // Overwrites of owned blocks 3 and 6 left no mapping change: only the era journal knew.
+    expect(vblocksOf(await reopened.writtenSinceEra(1, era))).toEqual([3, 6, 11]);
+    const afterKill = reopened.era!.currentEra;
+    await reopened.close();
+    expect((await thinCheckBoth(poolPaths(dir).metadata)).map((r) => r.code)).toEqual([0, 0]);
+
+    // A crash of the machine loses unsynced marks with the page cache: the next open cannot tell
+    // which blocks were written, so it counts every block as written.
+    const p = poolPaths(dir).era;
+    out = await runEraWorker(dir, [12]);
+    const eraBefore = Number(/acked (\d+)/.exec(out)?.[1]);
+    const header = Buffer.alloc(64);
+    const fd = fs.openSync(p.journal, 'r+');
+    fs.readSync(fd, header, 0, 64, 0);
+    header.fill(0x11, 8, 24); // another boot's id
+    header.writeUInt32LE(crc32c(header.subarray(0, 60)), 60);
+    fs.writeSync(fd, header, 0, 64, 0);
+    fs.closeSync(fd);
+    expect(eraBefore).toBeGreaterThan(afterKill);
+    const rebooted = await Pool.open(dir, { commitIntervalMs: 0 });
+    expect(vblocksOf(await rebooted.writtenSinceEra(1, eraBefore))).toEqual([2, 3, 4, 6, 11, 12]);
+    expect(vblocksOf(await rebooted.writtenSinceEra(1, rebooted.era!.currentEra))).toEqual([]);
+    await rebooted.close();
+    expect((await eraTool('era_check', '0.9', [p.metadata])).code).toBe(0);
+  });
+
+  test('the era grows with the pool, and a revert marks the blocks it brings back', async () => {
+    const { dir, pool } = await newPool(16);
+    await pool.createThin(3, 64 * MiB);
+    await writeBlocks(pool, 1, [0, 1]);
+    const snap = await pool.createSnap(2, 1);
+    await writeBlocks(pool, 1, [0], 0x33);
+    await pool.resize(48 * MiB);
+    expect(pool.status().era!.nrBlocks).toBe(768);
+    // Fill the old 256 blocks so the next allocation lands beyond them.
+    await writeBlocks(
+      pool,
+      3,
+      Array.from({ length: 256 }, (_, i) => i),
+    );
+    const beyond = pool.era!.checkpoint();
+    await writeBlocks(pool, 3, [300]);
+    expect(dataBlockOf(pool, 3, 300)).toBeGreaterThanOrEqual(256);
+    expect(vblocksOf(await pool.writtenSinceEra(3, beyond))).toEqual([300]);
+
+    const before = pool.era!.checkpoint();
+    await pool.revertDevice(1, snap.id);
+    expect(vblocksOf(await pool.writtenSinceEra(1, before))).toEqual([0, 1]);
+    pool.era!.checkpoint();
+    await pool.close();
+    const era = poolPaths(dir).era.metadata;
+    for (const v of ['0.9', '1.1'] as const) expect((await eraTool('era_check', v, [era])).code).toBe(0);
+  });
+});
+
+/** Runs the era worker (writes, then SIGKILL) and returns what it printed. */
+function runEraWorker(dir: string, vblocks: number[]): Promise<string> {
+  const worker = path.join(__dirname, '../helpers/era-worker.js');
+  return new Promise<string>((resolve) => {
+    const child = spawn(process.execPath, [worker, dir, ...vblocks.map(String)]);
+    let stdout = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.on('exit', () => resolve(stdout));
+  });
+}
