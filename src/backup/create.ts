@@ -12,7 +12,16 @@ import { NbdConnectionPool, parseNbdEndpoint } from '../nbd/client';
 import { ChunkWriter } from './chunk-writer';
 import { HashPool } from './hash-pool';
 import { type Progress, silentProgress } from './progress';
-import { type ByteRange, type ReadRequest, cutOnGrid, groupReads, totalBytes } from './ranges';
+import {
+  type ByteRange,
+  type ReadRequest,
+  cutOnGrid,
+  groupReads,
+  mergeRanges,
+  subtractRanges,
+  totalBytes,
+} from './ranges';
+import { planRestore } from './restore-plan';
 import type { Codec } from './chunk-codec';
 import { type ChunkEntry, type Manifest, MANIFEST_FORMAT, Repository, newBackupId } from './repository';
 
@@ -31,6 +40,12 @@ export interface CreateOptions {
   driver: string;
   snapshotId: string;
   baseSnapshotId?: string;
+  /**
+   * Back up only the blocks written in this era or later (era tracking; no base snapshot
+   * needed): the increment is on the newest backup of the volume whose snapshot's era is this
+   * one or later.
+   */
+  sinceEra?: number;
   repoDir: string;
   /** The node id the temporary volume is published to (default backup-<hostname>). */
   nodeId?: string;
@@ -184,20 +199,35 @@ export async function createBackup(options: CreateOptions): Promise<CreateSummar
   const repo = await Repository.open(options.repoDir, { create: true, chunkBytes: options.chunkBytes });
   const lock = await repo.lock(`backup create ${options.snapshotId}`);
   const csi = new CsiClient(options.driver);
+  if (options.baseSnapshotId && options.sinceEra !== undefined)
+    throw new Error('give a base snapshot or an era to back up changes since, not both');
   // The fixed costs of a run overlap: the range listing, the snapshot lookup, the repository
   // index and the temporary volume are independent of each other.
-  const metadataPromise = csi.metadataRanges(options.snapshotId, options.baseSnapshotId);
+  let metadataPromise = csi.metadataRanges(options.snapshotId, options.baseSnapshotId);
   metadataPromise.catch(() => undefined); // awaited below; not an unhandled rejection meanwhile
   let writer: ChunkWriter | undefined;
   try {
-    const [snapshot, all, chunkWriter] = await Promise.all([
+    const incremental = options.baseSnapshotId !== undefined || options.sinceEra !== undefined;
+    const [snapshot, all, chunkWriter, era] = await Promise.all([
       csi.getSnapshot(options.snapshotId),
-      options.baseSnapshotId ? repo.listManifests() : Promise.resolve([]),
+      incremental ? repo.listManifests() : Promise.resolve([]),
       ChunkWriter.open(repo, { codec, packBytes: options.packBytes }),
+      csi.snapshotEra(options.snapshotId),
     ]);
     writer = chunkWriter;
     let parent: Manifest | undefined;
-    if (options.baseSnapshotId) {
+    if (options.sinceEra !== undefined) {
+      const since = options.sinceEra;
+      parent = all
+        .reverse()
+        .find((m) => m.sourceVolumeId === snapshot.sourceVolumeId && (m.era ?? 0) >= since);
+      if (!parent)
+        throw new Error(
+          `no backup of volume ${snapshot.sourceVolumeId} in ${options.repoDir} was taken in era ${since} or later: ` +
+            'back it up in full first',
+        );
+      metadataPromise = eraRanges(csi, repo, options.snapshotId, since, parent);
+    } else if (options.baseSnapshotId) {
       parent = all.reverse().find((m) => m.snapshotId === options.baseSnapshotId);
       if (!parent)
         throw new Error(
@@ -271,6 +301,8 @@ export async function createBackup(options: CreateOptions): Promise<CreateSummar
       sourceVolumeId: snapshot.sourceVolumeId,
       parent: parent?.id ?? null,
       baseSnapshotId: options.baseSnapshotId ?? null,
+      ...(era !== undefined ? { era } : {}),
+      ...(options.sinceEra !== undefined ? { sinceEra: options.sinceEra } : {}),
       volumeSizeBytes: metadata.volumeCapacityBytes,
       blockBytes: chunkBytes,
       ranges: ranges.map((r) => [r.offset, r.length]),
@@ -308,6 +340,31 @@ export async function createBackup(options: CreateOptions): Promise<CreateSummar
     csi.close();
     await lock.release();
   }
+}
+
+/**
+ * What an increment since an era must read: the blocks written since (era tracking), and what
+ * the parent chain holds that the snapshot no longer maps (reads as holes: stored as zeros).
+ */
+async function eraRanges(
+  csi: CsiClient,
+  repo: Repository,
+  snapshotId: string,
+  since: number,
+  parent: Manifest,
+): Promise<Awaited<ReturnType<CsiClient['metadataRanges']>>> {
+  const [allocated, written, chain] = await Promise.all([
+    csi.metadataRanges(snapshotId, undefined),
+    csi.writtenSinceEra(snapshotId, since),
+    repo.chain(parent.id),
+  ]);
+  const held = mergeRanges(
+    planRestore(chain)
+      .filter((p) => p.hash)
+      .map((p) => p.range),
+  );
+  const gone = subtractRanges(held, mergeRanges(allocated.ranges));
+  return { ...allocated, ranges: mergeRanges([...written.ranges, ...gone]) };
 }
 
 interface CopyStats {

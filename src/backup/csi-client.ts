@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { loadCsiRoot, serviceClient } from './csi-services';
+import { loadAdminRoot, loadCsiRoot, serviceClient } from './csi-services';
 import type { ByteRange } from './ranges';
 
 /** proto/csi.proto of the package, found upwards from here (src/, dist/ or a bench build). */
@@ -75,7 +75,18 @@ interface MetadataMessage {
 /** Codes worth retrying: the driver restarted or a call was cut short. */
 const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.ABORTED, grpc.status.DEADLINE_EXCEEDED]);
 
+let adminService: grpc.ServiceClientConstructor | undefined;
+function loadAdminService(): grpc.ServiceClientConstructor {
+  adminService ??= serviceClient(
+    loadAdminRoot(packageFile('proto/thinpool.proto')),
+    'Volumes',
+    'thinpool.v1',
+  );
+  return adminService;
+}
+
 export class CsiClient {
+  private admin: Stub | undefined;
   private readonly controller: Stub;
   private readonly metadata: Stub;
   private readonly identity: Stub;
@@ -101,6 +112,45 @@ export class CsiClient {
         ),
       );
     return retry(once, this.options.retries ?? 3);
+  }
+
+  /** The driver's own RPCs (proto/thinpool.proto), on the same endpoint. */
+  private adminStub(): Stub {
+    this.admin ??= new (loadAdminService())(
+      grpcTarget(this.endpoint),
+      grpc.credentials.createInsecure(),
+    ) as unknown as Stub;
+    return this.admin;
+  }
+
+  /** The era that began with the snapshot; undefined when the driver tracks no eras. */
+  async snapshotEra(snapshotId: string): Promise<number | undefined> {
+    try {
+      const r = await this.unary<{ enabled: boolean; snapshot_era: number }>(
+        this.adminStub(),
+        'GetEraStatus',
+        {
+          snapshot_id: snapshotId,
+        },
+      );
+      return r.enabled && r.snapshot_era > 0 ? r.snapshot_era : undefined;
+    } catch (e) {
+      if ((e as { code?: number }).code === grpc.status.UNIMPLEMENTED) return undefined;
+      throw e;
+    }
+  }
+
+  /** The ranges of a snapshot whose data was written in era `since` or later. */
+  async writtenSinceEra(
+    snapshotId: string,
+    since: number,
+  ): Promise<{ capacityBytes: number; ranges: ByteRange[] }> {
+    const r = await this.unary<{ capacity_bytes: number; ranges: { offset: number; length: number }[] }>(
+      this.adminStub(),
+      'GetWrittenSinceEra',
+      { snapshot_id: snapshotId, since_era: since },
+    );
+    return { capacityBytes: r.capacity_bytes, ranges: r.ranges };
   }
 
   async probe(): Promise<string> {
@@ -153,6 +203,10 @@ export class CsiClient {
       parameters: {},
     });
     return reply.snapshot.snapshot_id;
+  }
+
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    await this.unary(this.controller, 'DeleteSnapshot', { snapshot_id: snapshotId });
   }
 
   async listVolumeIds(): Promise<string[]> {
@@ -294,6 +348,7 @@ export class CsiClient {
     this.controller.close();
     this.metadata.close();
     this.identity.close();
+    this.admin?.close();
   }
 }
 

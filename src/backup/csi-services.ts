@@ -26,15 +26,24 @@ export function loadCsiRoot(jsonFile: string): protobuf.Root {
   return protobuf.Root.fromJSON(JSON.parse(fs.readFileSync(jsonFile, 'utf8')) as protobuf.INamespace);
 }
 
-/** A client constructor for `csi.v1.<service>`, with the message codecs proto-loader would make. */
-export function serviceClient(root: protobuf.Root, service: string): grpc.ServiceClientConstructor {
+/** proto/thinpool.proto (the driver's own RPCs): small, no imports, parsed directly. */
+export function loadAdminRoot(protoFile: string): protobuf.Root {
+  return new protobuf.Root().loadSync(protoFile, { keepCase: true });
+}
+
+/** A client constructor for `<pkg>.<service>`, with the message codecs proto-loader would make. */
+export function serviceClient(
+  root: protobuf.Root,
+  service: string,
+  pkg = 'csi.v1',
+): grpc.ServiceClientConstructor {
   const definition: Record<string, grpc.MethodDefinition<object, object>> = {};
-  for (const method of root.lookupService(`csi.v1.${service}`).methodsArray) {
+  for (const method of root.lookupService(`${pkg}.${service}`).methodsArray) {
     method.resolve();
     const request = method.resolvedRequestType!;
     const response = method.resolvedResponseType!;
     definition[method.name] = {
-      path: `/csi.v1.${service}/${method.name}`,
+      path: `/${pkg}.${service}/${method.name}`,
       requestStream: method.requestStream === true,
       responseStream: method.responseStream === true,
       requestSerialize: (value: object) => Buffer.from(request.encode(request.fromObject(value)).finish()),

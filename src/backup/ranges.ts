@@ -38,6 +38,23 @@ export function mergeRanges(ranges: ByteRange[]): ByteRange[] {
   return out;
 }
 
+/** The parts of `ranges` outside every range of `remove` (both sorted and merged). */
+export function subtractRanges(ranges: ByteRange[], remove: ByteRange[]): ByteRange[] {
+  const out: ByteRange[] = [];
+  let j = 0;
+  for (const r of ranges) {
+    let at = r.offset;
+    const end = r.offset + r.length;
+    while (j < remove.length && remove[j].offset + remove[j].length <= at) j++;
+    for (let k = j; k < remove.length && remove[k].offset < end; k++) {
+      if (remove[k].offset > at) out.push({ offset: at, length: remove[k].offset - at });
+      at = Math.max(at, remove[k].offset + remove[k].length);
+    }
+    if (at < end) out.push({ offset: at, length: end - at });
+  }
+  return out;
+}
+
 export function totalBytes(ranges: ByteRange[]): number {
   return ranges.reduce((sum, r) => sum + r.length, 0);
 }

@@ -45,6 +45,10 @@ export interface Manifest {
   /** Backup this one is an increment on (null for a full backup) and its snapshot. */
   parent: string | null;
   baseSnapshotId: string | null;
+  /** With era tracking: the era that began with the snapshot (a later `--since-era` names it). */
+  era?: number;
+  /** An increment of the blocks written since this era (its base snapshot may be gone). */
+  sinceEra?: number;
   volumeSizeBytes: number;
   /** The chunk grid (no chunk crosses a multiple of it). */
   blockBytes: number;

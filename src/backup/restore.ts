@@ -6,12 +6,11 @@ import { createHash } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import { logger } from '../log';
 import { AbortedError, defaultNodeId, forEachParallel } from './create';
+import { type PlannedPiece, planRestore } from './restore-plan';
 import { CsiClient } from './csi-client';
 import { NbdConnectionPool, parseNbdEndpoint } from '../nbd/client';
 import { type Progress, silentProgress } from './progress';
-import { type ByteRange, Coverage } from './ranges';
-import { type Manifest, Repository } from './repository';
-import { RepositoryError } from './repository-errors';
+import { Repository } from './repository';
 
 const log = logger('backup');
 
@@ -44,30 +43,6 @@ export interface RestoreSummary {
   bytesVerified: number;
   durationMs: number;
   bytesPerSecond: number;
-}
-
-/** One piece of the result: `range` of the volume comes from `chunk` (empty hash: zeros). */
-export interface PlannedPiece {
-  range: ByteRange;
-  hash: string;
-  /** Where `range` starts inside the chunk. */
-  chunkOffset: number;
-}
-
-/** What is left visible of each chunk once newer backups cover older ones. */
-export function planRestore(chain: Manifest[]): PlannedPiece[] {
-  const cell = Math.max(...chain.map((m) => m.blockBytes));
-  if (chain.some((m) => cell % m.blockBytes)) throw new RepositoryError('the chain mixes chunk grids');
-  const coverage = new Coverage(cell);
-  const out: PlannedPiece[] = [];
-  for (let i = chain.length - 1; i >= 0; i--) {
-    for (const [offset, length, hash] of chain[i].chunks) {
-      for (const part of coverage.claim({ offset, length })) {
-        out.push({ range: part, hash, chunkOffset: part.offset - offset });
-      }
-    }
-  }
-  return out.sort((a, b) => a.range.offset - b.range.offset);
 }
 
 export class RestoreRefused extends Error {

@@ -13,6 +13,7 @@ const commands = {
   nbd: () => require('./commands/nbd') as typeof import('./commands/nbd'),
   csi: () => require('./commands/csi') as typeof import('./commands/csi'),
   volume: () => require('./commands/volume') as typeof import('./commands/volume'),
+  era: () => require('./commands/era') as typeof import('./commands/era'),
   backup: () => require('./commands/backup') as typeof import('./commands/backup'),
   serve: () => require('./commands/serve') as typeof import('./commands/serve'),
 };
@@ -40,6 +41,11 @@ export async function main(args: string[]): Promise<void> {
     )
     .command('volume', 'volume operations CSI has no call for (revert), through the controller', (y: Argv) =>
       commands.volume().volumeCommands(y),
+    )
+    .command(
+      'era',
+      "era tracking of the running driver's pool: status, checkpoint, written ranges",
+      (y: Argv) => commands.era().eraCommands(y),
     )
     .command('backup', 'incremental snapshot backups through the CSI driver; restore', (y: Argv) =>
       commands.backup().backupCommands(y),

@@ -31,6 +31,8 @@ export interface DriverConfig {
   poolDir: string;
   /** Data size of a pool created on first start. */
   poolDataSizeBytes: number;
+  /** Era tracking (dm-era) in a pool created on first start. */
+  poolEra: boolean;
   /** NBD listener (controller side) and the host nodes should dial. */
   nbdHost: string;
   nbdPort: number;
@@ -86,6 +88,7 @@ export function defaultConfig(overrides: Partial<DriverConfig> = {}): DriverConf
     poolName: 'default',
     poolDir: path.join(varDir, 'pool'),
     poolDataSizeBytes: 10 * GiB,
+    poolEra: true,
     nbdHost: '127.0.0.1',
     nbdPort: 10809,
     nbdAdvertiseHost: overrides.nbdHost ?? '127.0.0.1',

@@ -19,6 +19,7 @@ import { OperationLocks } from './handler';
 import { identityHandlers } from './identity';
 import { NodeService } from './node';
 import { adminServices, csiServices } from './proto';
+import { EraAdmin } from './era-admin';
 import { VolumeAdmin } from './volume-admin';
 import { SnapshotMetadataService } from './snapshot-metadata';
 import { Store } from './store';
@@ -115,7 +116,7 @@ export class Driver {
     }
     controller = ctl.handlers(this.locks);
     metadata = new SnapshotMetadataService(this.config, store).handlers(this.locks);
-    admin = new VolumeAdmin(store).handlers(this.locks);
+    admin = { ...new VolumeAdmin(store).handlers(this.locks), ...new EraAdmin(store).handlers(this.locks) };
     this.ready = true;
     log.info('driver ready', { pool: this.config.poolDir, nbd: `${this.config.nbdHost}:${this.nbdPort}` });
   }
@@ -125,7 +126,10 @@ export class Driver {
     const exists = fs.existsSync(path.join(this.config.poolDir, 'metadata'));
     this.pool = exists
       ? await Pool.open(this.config.poolDir)
-      : await Pool.create(this.config.poolDir, { dataSizeBytes: this.config.poolDataSizeBytes });
+      : await Pool.create(this.config.poolDir, {
+          dataSizeBytes: this.config.poolDataSizeBytes,
+          era: this.config.poolEra,
+        });
     if (!exists)
       log.info('created pool', { dir: this.config.poolDir, dataSizeBytes: this.config.poolDataSizeBytes });
     // Drop a metadata snapshot a crash may have left held (only SnapshotMetadata takes one).

@@ -14,7 +14,7 @@ import {
 } from '../../src/backup/repository';
 import { RepositoryLocked } from '../../src/backup/repository-errors';
 import { Coverage, cutOnGrid, mergeRanges } from '../../src/backup/ranges';
-import { planRestore } from '../../src/backup/restore';
+import { planRestore } from '../../src/backup/restore-plan';
 
 const KiB = 1024;
 

@@ -80,6 +80,12 @@ export function backupCommands(yargs: Argv): Argv {
             type: 'string',
             describe: 'CSI snapshot id of an earlier backup: back up only the changes',
           })
+          .option('since-era', {
+            type: 'number',
+            describe:
+              'back up only the blocks written in this era or later (era tracking; the era of an earlier ' +
+              "backup, from `backup list`; that backup's snapshot may be deleted)",
+          })
           .option('repo', repoArg)
           .option('node-id', nodeId)
           .option('connections', connections)
@@ -102,6 +108,7 @@ export function backupCommands(yargs: Argv): Argv {
               driver: argv.driver,
               snapshotId: argv.snapshot,
               baseSnapshotId: argv.base,
+              sinceEra: argv['since-era'],
               repoDir: argv.repo,
               nodeId: argv['node-id'],
               connections: argv.connections,

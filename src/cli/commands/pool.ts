@@ -7,6 +7,7 @@ import { formatSize, parseSize } from '../../util/size';
 import { printResult } from '../output';
 import { CommandFailed } from '../errors';
 import { withPool } from '../pool-session';
+import { poolEraCommands } from './pool-era';
 
 const json = { type: 'boolean', default: false, describe: 'print JSON' } as const;
 const poolArg = { type: 'string', demandOption: true, describe: 'pool directory' } as const;
@@ -34,6 +35,11 @@ export function poolCommands(yargs: Argv): Argv {
             type: 'string',
             describe: 'block device for metadata, instead of a file',
           })
+          .option('era', {
+            type: 'boolean',
+            default: false,
+            describe: 'track the era of every data block (dm-era metadata beside the pool)',
+          })
           .option('json', json),
       async (argv) => {
         if (!argv['data-size'] && !argv['data-device'])
@@ -48,6 +54,7 @@ export function poolCommands(yargs: Argv): Argv {
               : undefined,
             dataDevice: argv['data-device'],
             metadataDevice: argv['metadata-device'],
+            era: argv.era,
           },
           { commitIntervalMs: 0 },
         );
@@ -161,6 +168,9 @@ export function poolCommands(yargs: Argv): Argv {
         )
         .demandCommand(1, 'reserve or release?'),
     )
+    .command('era', 'era tracking (dm-era): enable, status, checkpoint, snapshots, written blocks', (y) =>
+      poolEraCommands(y),
+    )
     .demandCommand(1, 'name a pool command');
 }
 
@@ -180,6 +190,7 @@ function statusView(s: PoolStatus, asJson: boolean): Record<string, unknown> {
       (s.catalogue.adopted.length ? `; adopted at this open: ${s.catalogue.adopted.join(',')}` : '') +
       (s.catalogue.missing.length ? `; without a device: ${s.catalogue.missing.join(',')}` : ''),
     'needs check': s.needsCheck ? 'yes' : 'no',
+    era: s.era ? `current ${s.era.currentEra}, ${s.era.nrBlocks} blocks` : 'not tracked',
   };
 }
 

@@ -41,6 +41,12 @@ export const FIELDS: readonly Field[] = [
     kind: 'size',
     describe: 'data size of a pool created on first start',
   },
+  {
+    flag: 'pool-era',
+    key: 'poolEra',
+    kind: 'boolean',
+    describe: 'track the era of every data block (dm-era) in a pool created on first start',
+  },
   { flag: 'nbd-host', key: 'nbdHost', kind: 'string', describe: 'address the NBD server listens on' },
   { flag: 'nbd-port', key: 'nbdPort', kind: 'number', describe: 'NBD server port (0: any free port)' },
   {
