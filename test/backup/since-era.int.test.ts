@@ -62,7 +62,12 @@ describe('backup --since-era', () => {
       '--quiet',
     ]);
     expect({ code: cli.code, stderr: cli.stderr }).toEqual({ code: 0, stderr: '' });
-    const inc = JSON.parse(cli.stdout) as { kind: string; parent: string; bytesRead: number; backupId: string };
+    const inc = JSON.parse(cli.stdout) as {
+      kind: string;
+      parent: string;
+      bytesRead: number;
+      backupId: string;
+    };
     expect(inc.kind).toBe('incremental');
     expect(inc.parent).toBe(full.backupId);
     // The changed blocks and the unmapped ones, nothing else (a full read would be 16 MiB).
@@ -75,6 +80,21 @@ describe('backup --since-era', () => {
     const manifest = (await repo.listManifests()).find((m) => m.id === inc.backupId)!;
     expect(manifest).toMatchObject({ sinceEra: era, baseSnapshotId: null });
     expect(manifest.era).toBeGreaterThan(era);
+
+    // The same through the CLI against the driver: the volume's blocks written since that era.
+    const status = await runCli(['era', 'status', '--endpoint', t.endpoint, '--json']);
+    expect(JSON.parse(status.stdout)).toMatchObject({ enabled: true, block_bytes: BLOCK });
+    const since = await runCli([
+      'era',
+      'written-since',
+      source.volumeId,
+      '--era',
+      String(era),
+      '--endpoint',
+      t.endpoint,
+    ]);
+    const ranges = (JSON.parse(since.stdout) as { ranges: { length: number }[] }).ranges;
+    expect(ranges.reduce((n, r) => n + r.length, 0)).toBe(touched.size * BLOCK);
   });
 
   test('an era no backup of the volume reaches is refused clearly', async () => {

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { crc32c } from '../../src/pdata/crc32c';
 import { Pool } from '../../src/thin/pool';
 import { poolPaths } from '../../src/thin/pool-files';
+import { thinpool } from '../helpers/cli';
 import { makeTempDir } from '../helpers/tmp';
 import { thinCheckBoth } from '../helpers/thin-oracle';
 import { ThinToolVersion, runTool, thinTool } from '../helpers/tools';
@@ -166,6 +167,50 @@ describe('era metadata in the dm-era format', () => {
     await pool.close();
     const era = poolPaths(dir).era.metadata;
     for (const v of ['0.9', '1.1'] as const) expect((await eraTool('era_check', v, [era])).code).toBe(0);
+  });
+});
+
+describe('thinpool pool era', () => {
+  test('enable on an existing pool, then status, checkpoint, written-since and the held snapshot', async () => {
+    const dir = path.join(tmp.dir, 'cli-pool');
+    const pool = await Pool.create(dir, { dataSizeBytes: 64 * MiB }, { commitIntervalMs: 0 });
+    await pool.createThin(1, 16 * MiB);
+    await writeBlocks(pool, 1, [0]);
+    expect(pool.era).toBeUndefined();
+    await pool.close();
+    expect((await thinpool(['pool', 'era', 'status', dir])).stderr).toMatch(/does not track eras/);
+
+    const enabled = await thinpool(['pool', 'era', 'enable', dir, '--json']);
+    expect(enabled.code).toBe(0);
+    const first = (JSON.parse(enabled.stdout) as { currentEra: number }).currentEra;
+    expect((await thinpool(['pool', 'era', 'enable', dir])).stderr).toMatch(/already tracks eras/);
+    const reopened = await Pool.open(dir, { commitIntervalMs: 0 });
+    const since = reopened.era!.currentEra;
+    expect(since).toBeGreaterThan(first);
+    await writeBlocks(reopened, 1, [4, 5]);
+    await reopened.close();
+
+    const written = await thinpool(['pool', 'era', 'written-since', dir, '1', '--era', String(since)]);
+    expect(JSON.parse(written.stdout)).toEqual({ ranges: [{ begin: 4, length: 2 }] });
+    const cp = await thinpool(['pool', 'era', 'checkpoint', dir, '--json']);
+    expect(JSON.parse(cp.stdout).era).toBeGreaterThan(since);
+    expect((await thinpool(['pool', 'era', 'take-snap', dir])).code).toBe(0);
+    const status = JSON.parse((await thinpool(['pool', 'era', 'status', dir, '--json'])).stdout) as {
+      snapshotEra?: number;
+    };
+    expect(status.snapshotEra).toBeGreaterThan(since);
+    const era = poolPaths(dir).era.metadata;
+    const inv = await eraTool('era_invalidate', '1.1', [
+      '--metadata-snapshot',
+      String((status as { metadataSnapBlock?: number }).metadataSnapBlock),
+      '--written-since',
+      String(since),
+      era,
+    ]);
+    expect(inv.code).toBe(0);
+    expect(parseInvalidate(inv.stdout)).toHaveLength(2);
+    expect((await thinpool(['pool', 'era', 'drop-snap', dir])).code).toBe(0);
+    expect((await eraTool('era_check', '0.9', [era])).code).toBe(0);
   });
 });
 

@@ -137,6 +137,7 @@ export function backupCommands(yargs: Argv): Argv {
             parent: m.parent,
             snapshotId: m.snapshotId,
             sourceVolumeId: m.sourceVolumeId,
+            era: m.era ?? null,
             createdAt: m.createdAt,
             volumeSizeBytes: m.volumeSizeBytes,
             rangeBytes: m.ranges.reduce((s, r) => s + r[1], 0),
@@ -169,7 +170,9 @@ export function backupCommands(yargs: Argv): Argv {
             const pad = '  '.repeat(depth(r));
             process.stdout.write(
               `${pad}${r.id}  ${r.kind.padEnd(11)}  ${formatBytes(r.rangeBytes).padStart(10)} read  ` +
-                `${formatBytes(r.storedBytes).padStart(10)} stored  ${r.createdAt}  ${r.snapshotId}\n`,
+                `${formatBytes(r.storedBytes).padStart(10)} stored  ${r.createdAt}  ${r.snapshotId}` +
+                (r.era ? `  era ${r.era}` : '') +
+                '\n',
             );
           }
         }),
