@@ -178,7 +178,10 @@ export class Pool extends EventEmitter implements DeviceHost {
       const ids = md.deviceIds();
       const found = catalogue.reconcile(md.sb.transactionId, ids, (id) => adoptedEntry(md, id));
       if (EraTracker.exists(paths.era))
-        era = EraTracker.open(paths.era, md.sb.dataSpaceMap.nrBlocks, { readOnly: options.readOnly });
+        era = EraTracker.open(paths.era, md.sb.dataSpaceMap.nrBlocks, {
+          readOnly: options.readOnly,
+          lastRecordedEra: () => lastRecordedEra(catalogue!),
+        });
       const pool = new Pool(dir, md, data, catalogue, found, ids, options, era);
       await pool.txn.start();
       return pool;
@@ -488,4 +491,11 @@ export class Pool extends EventEmitter implements DeviceHost {
     this.catalogue.close();
     await this.data.close();
   }
+}
+
+/** The latest era a snapshot's entry records (a scan: only after a machine crash). */
+function lastRecordedEra(catalogue: Catalogue): number {
+  let last = 0;
+  for (const id of catalogue.ids()) last = Math.max(last, catalogue.get(id)?.era ?? 0);
+  return last;
 }

@@ -12,8 +12,11 @@ const MAGIC = 0x4a415245; // "ERAJ"
 const VERSION = 1;
 const HEADER_BYTES = 64;
 const RECORD_BYTES = 8;
+/** A record that ends the current era (a checkpoint) rather than marking a block. */
+export const ROLLOVER = 0xffffffff;
 
 export interface EraJournalContents {
+  /** Marked blocks in order, with ROLLOVER where a checkpoint started the next era. */
   blocks: number[];
   /** The boot that wrote the journal, when it could be read. */
   sameBoot: boolean;

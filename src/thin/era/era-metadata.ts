@@ -129,8 +129,11 @@ export class EraMetadata {
     this.sb.nrBlocks = nrBlocks;
   }
 
-  /** Archives the current writeset and starts the next era (dm-era's checkpoint). */
-  rollover(): number {
+  /**
+   * Archives the current writeset and starts the next era (dm-era's checkpoint), or era `to`
+   * when that is later (eras skipped hold no writes).
+   */
+  rollover(to = 0): number {
     const ws = this.sb.currentWriteset;
     if (ws.root !== 0) {
       this.sb.writesetTreeRoot = this.writesets.insert(
@@ -140,7 +143,7 @@ export class EraMetadata {
       );
       this.digest();
     }
-    this.sb.currentEra++;
+    this.sb.currentEra = Math.max(to, this.sb.currentEra + 1);
     this.sb.currentWriteset = { nrBits: this.sb.nrBlocks, root: this.bitsets.create(this.sb.nrBlocks) };
     return this.sb.currentEra;
   }

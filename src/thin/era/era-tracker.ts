@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import { logger } from '../../log';
-import { EraJournal } from './era-journal';
+import { EraJournal, ROLLOVER } from './era-journal';
 import { EraMetadata, eraMetadataBytes } from './era-metadata';
 
 const log = logger('era');
@@ -60,23 +60,28 @@ export class EraTracker {
    * written after a machine crash that lost marks from the page cache, then starts a new era (as
    * dm-era does on every resume).
    */
-  static open(paths: EraPaths, nrBlocks: number, options: { readOnly?: boolean } = {}): EraTracker {
+  static open(
+    paths: EraPaths,
+    nrBlocks: number,
+    options: { readOnly?: boolean; lastRecordedEra?: () => number } = {},
+  ): EraTracker {
     const md = EraMetadata.open(paths.metadata, options);
     if (options.readOnly) return new EraTracker(md, undefined);
     const journal = EraJournal.open(paths.journal);
     try {
       const { blocks, sameBoot } = journal.read();
-      const known = blocks.filter((b) => b < md.nrBlocks);
-      if (known.length) md.mark([...new Set(known)].sort((a, b) => a - b));
+      const replayed = replay(md, blocks);
       if (!md.sb.cleanShutdown && !sameBoot) {
         // Marks written but not synced before the crash are gone with the page cache, and so
-        // may the writes they covered be, or not: every block counts as written now.
+        // may the writes they covered be, or not: every block counts as written now, in an era
+        // no earlier than any a snapshot recorded (its checkpoint may not have reached the disk).
+        md.rollover(options.lastRecordedEra?.() ?? 0);
         log.warn('era metadata was not closed cleanly before a reboot: every block is marked written', {
           era: md.currentEra,
         });
         md.mark(Array.from({ length: md.nrBlocks }, (_, i) => i));
-      } else if (known.length) {
-        log.info('replayed era marks of the last run', { blocks: known.length, era: md.currentEra });
+      } else if (replayed) {
+        log.info('replayed era marks of the last run', { records: replayed, era: md.currentEra });
       }
       md.rollover();
       if (nrBlocks > md.nrBlocks) {
@@ -145,24 +150,29 @@ export class EraTracker {
 
   /** Writes the marks into the era metadata and commits it. */
   commit(): void {
-    if (this.pending.length) {
-      this.md.mark([...new Set(this.pending)].sort((a, b) => a - b));
-      this.pending = [];
-    }
+    this.applyPending();
     if (!this.md.hasUncommittedChanges) return;
     this.md.commit();
     this.journal?.restart();
   }
 
-  /** Ends the current era and starts the next, durably; returns the new era. */
+  /**
+   * Ends the current era and starts the next; returns the new era. In memory and one journal
+   * record (replayed after a kill); the era metadata takes it at the next era commit.
+   */
   checkpoint(): number {
-    this.commit();
+    this.applyPending();
     const era = this.md.rollover();
-    this.md.commit();
-    this.journal?.restart();
+    this.journal?.append([ROLLOVER]);
     this.marked.fill(0);
     this.markedCount = 0;
     return era;
+  }
+
+  private applyPending(): void {
+    if (!this.pending.length) return;
+    this.md.mark([...new Set(this.pending)].sort((a, b) => a - b));
+    this.pending = [];
   }
 
   takeSnapshot(): { era: number; location: number } {
@@ -207,4 +217,23 @@ export class EraTracker {
     }
     this.md.close();
   }
+}
+
+/** Applies journal records to the metadata in order; returns how many there were. */
+function replay(md: EraMetadata, records: number[]): number {
+  let batch: number[] = [];
+  const apply = () => {
+    const known = batch.filter((b) => b < md.nrBlocks);
+    if (known.length) md.mark([...new Set(known)].sort((a, b) => a - b));
+    batch = [];
+  };
+  for (const r of records) {
+    if (r !== ROLLOVER) batch.push(r);
+    else {
+      apply();
+      md.rollover();
+    }
+  }
+  apply();
+  return records.length;
 }
