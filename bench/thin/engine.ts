@@ -7,8 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Pool } from '../../src/thin/pool';
-import { ThinMetadata } from '../../src/thin/metadata';
-import { poolPaths } from '../../src/thin/pool-files';
+import { mappedPool, revertLatencies } from './pool-fixtures';
 import { machineLine, median, percentile, updateBenchmarkSection } from '../report';
 import { log } from '../../src/log';
 
@@ -22,44 +21,6 @@ const DEPTH = quick ? 200 : 1000;
 
 const ms = (t0: number) => performance.now() - t0;
 const fmt = (x: number, digits = 2) => x.toFixed(digits);
-
-/** A pool whose device 0 maps `blocks` blocks, built through the metadata API (no data I/O). */
-async function mappedPool(dir: string, blocks: number): Promise<Pool> {
-  await (
-    await Pool.create(
-      dir,
-      { dataSizeBytes: (blocks + 200_000) * BLOCK, metadataSizeBytes: 512 * 2 ** 20 },
-      { commitIntervalMs: 0 },
-    )
-  ).close();
-  let pool = await Pool.open(dir, { commitIntervalMs: 0 });
-  await pool.createThin(0, blocks * BLOCK * 2);
-  await pool.close();
-  const md = ThinMetadata.open(poolPaths(dir).metadata);
-  for (let v = 0; v < blocks; v++) {
-    md.insertMapping(0, v, md.dataSm.counts.allocate()!);
-    if (v % 200_000 === 199_999) md.commit();
-  }
-  md.commit();
-  md.close();
-  pool = await Pool.open(dir, { commitIntervalMs: 0, skipVerify: true });
-  return pool;
-}
-
-/**
- * Revert latency: each round writes one block of `id` (so its tree differs from the snapshot's
- * again) and reverts it to `snapshot`, which frees what the write made.
- */
-async function revertLatencies(pool: Pool, id: number, snapshot: number, blocks: number, count: number) {
-  const out: number[] = [];
-  for (let i = 0; i < count; i++) {
-    await pool.device(id).write(((i * 7919) % blocks) * BLOCK, Buffer.alloc(4096, i & 0xff));
-    const t0 = performance.now();
-    await pool.revertDevice(id, snapshot);
-    out.push(ms(t0));
-  }
-  return out;
-}
 
 async function snapshotLatencies(
   pool: Pool,

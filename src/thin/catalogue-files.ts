@@ -12,6 +12,11 @@ export interface CatalogueEntry {
   labels: Record<string, string>;
   /** With era tracking: the era that began at this snapshot (every later write is in it or later). */
   era?: number;
+  /**
+   * With era tracking: the era of the device's last revert (or its origin's, for a snapshot).
+   * A revert maps blocks without writing them: to era readers every block changed in that era.
+   */
+  revertedEra?: number;
 }
 
 /**

@@ -63,13 +63,6 @@ export function allocatedRanges(md: ThinMetadata, sb: Superblock, id: number): M
   return ranges;
 }
 
-/** The data blocks device `id` maps, in virtual-block order. */
-export function* mappedDataBlocks(md: ThinMetadata, sb: Superblock, id: number): Generator<number> {
-  const root = md.deviceRoot(id, sb.dataMappingRoot);
-  if (root === undefined) throw new DeviceNotFoundError(id);
-  for (const [, value] of md.mappings.entries(root)) yield mappedDataBlock(value);
-}
-
 /**
  * Runs of mapped virtual blocks of device `id` whose data block is set in `written` (bit b of
  * byte b >> 3): what changed since an era, given the era's written-since bitmap.

@@ -103,7 +103,12 @@ export class DeviceSet {
    * every other snapshot stay, and the blocks only `id` held are freed. The device set and the
    * transaction id stay, so the catalogue needs no intent. Returns the device's size.
    */
-  revert(id: number, toId: number, switched: () => void): Promise<number> {
+  revert(
+    id: number,
+    toId: number,
+    switched: () => void,
+    change: Partial<CatalogueEntry> = {},
+  ): Promise<number> {
     return this.gate.exclusive(async () => {
       this.txn.checkWritable();
       const md = this.txn.md;
@@ -117,8 +122,10 @@ export class DeviceSet {
           'EINVAL',
         );
       const sizeBytes = Math.max(entry.sizeBytes, to.sizeBytes);
-      // Growing first is harmless if the revert then fails: the new tail reads as zeros.
-      if (sizeBytes > entry.sizeBytes) this.catalogue.update(id, { sizeBytes });
+      // Growing first is harmless if the revert then fails: the new tail reads as zeros (and
+      // `change` may only make the device look more changed than it is).
+      const update = { ...change, ...(sizeBytes > entry.sizeBytes ? { sizeBytes } : {}) };
+      if (Object.keys(update).length) this.catalogue.update(id, update);
       await this.txn.commitNow();
       await this.txn.metadataChange(() => {
         md.revertDevice(id, toId);

@@ -7,14 +7,7 @@ import { Catalogue, CatalogueEntry, CatalogueReport, PageOptions } from './catal
 import { DataFile } from './data-file';
 import { DataSpace, NoSpacePolicy } from './data-space';
 import { DeviceIdChoice, DeviceSet, adoptedEntry, checkDeviceSize } from './device-set';
-import {
-  DeltaRange,
-  MappedRange,
-  allocatedRanges,
-  deltaRanges,
-  mappedDataBlocks,
-  writtenRanges,
-} from './delta';
+import { DeltaRange, MappedRange, allocatedRanges, deltaRanges, writtenRanges } from './delta';
 import { EraStatus, EraTracker } from './era/era-tracker';
 import { DeviceNotFoundError, PoolError } from './errors';
 import { blockRunsToExtents } from './extents';
@@ -231,6 +224,7 @@ export class Pool extends EventEmitter implements DeviceHost {
     const entry = {
       sizeBytes,
       origin: originId,
+      ...(origin.revertedEra !== undefined ? { revertedEra: origin.revertedEra } : {}),
       createdAt: new Date().toISOString(),
       labels: options.labels ?? {},
     };
@@ -261,15 +255,15 @@ export class Pool extends EventEmitter implements DeviceHost {
    * it cached of `id`.
    */
   async revertDevice(id: number, toId: number): Promise<DeviceInfo> {
-    const sizeBytes = await this.deviceSet.revert(id, toId, () => {
-      this.views.get(id)?.refresh();
-      this.views.get(toId)?.refresh();
-      // The device now maps blocks it did not write: to era readers they are written now.
-      if (this.era) {
-        this.era.markAll(mappedDataBlocks(this.md, this.md.sb, id));
-        this.era.commit();
-      }
-    });
+    const sizeBytes = await this.deviceSet.revert(
+      id,
+      toId,
+      () => {
+        this.views.get(id)?.refresh();
+        this.views.get(toId)?.refresh();
+      },
+      this.era ? { revertedEra: this.era.currentEra } : {},
+    );
     for (const views of [this.open, this.openReadOnly]) views.get(id)?.grew(sizeBytes);
     return this.deviceInfo(id);
   }
@@ -414,6 +408,9 @@ export class Pool extends EventEmitter implements DeviceHost {
   ): Promise<MappedRange[]> {
     const era = this.era;
     if (!era) throw new PoolError(`${this.dir} has no era tracking (pool era enable turns it on)`, 'EINVAL');
+    // A revert (of the device or, for a snapshot, of its origin) remapped every block at once.
+    const reverted = this.catalogue.get(id)?.revertedEra;
+    if (reverted !== undefined && reverted >= since) return this.allocated(id, options);
     return this.gate.run(async () =>
       writtenRanges(this.md, this.viewFor(options), id, era.writtenSince(since)),
     );

@@ -82,6 +82,59 @@ describe('era metadata in the dm-era format', () => {
     expect(dump.stdout).toMatch(/<superblock [^>]*nr_blocks="1024"/);
   });
 
+  test('five eras of random writes: era_invalidate for every era and era_dump match a model', async () => {
+    const { dir, pool } = await newPool();
+    const model = new Map<number, number>(); // data block → era of its last write
+    const eras: number[] = [];
+    let seed = 7;
+    const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
+    for (let round = 0; round < 5; round++) {
+      const era = pool.era!.currentEra;
+      eras.push(era);
+      for (let i = 0; i < 40; i++) {
+        const v = rand(256);
+        await pool.device(1).write(v * BLOCK + rand(16) * 4096, Buffer.alloc(4096, round + 1));
+        model.set(dataBlockOf(pool, 1, v), era);
+      }
+      // Alternate plain checkpoints and snapshots (whose later writes copy to new blocks).
+      if (round % 2) await pool.createSnap('auto', 1);
+      else pool.era!.checkpoint();
+    }
+    await pool.close();
+    const file = poolPaths(dir).era.metadata;
+    const expected = (k: number) =>
+      [...model]
+        .filter(([, e]) => e >= k)
+        .map(([b]) => b)
+        .sort((a, b) => a - b);
+    for (const k of eras) {
+      for (const v of ['0.9', '1.1'] as const) {
+        const inv = await eraTool('era_invalidate', v, ['--written-since', String(k), file]);
+        expect({ k, v, blocks: parseInvalidate(inv.stdout) }).toEqual({ k, v, blocks: expected(k) });
+      }
+    }
+    // era_dump: the era array and the writesets give each block's last era, as the model does.
+    const dump = (await eraTool('era_dump', '0.9', [file])).stdout;
+    const dumped = new Map<number, number>();
+    for (const m of dump.matchAll(/<era block="(\d+)" era="(\d+)"\/>/g))
+      if (Number(m[2]) > 0) dumped.set(Number(m[1]), Number(m[2]));
+    for (const ws of dump.matchAll(/<writeset era="(\d+)"[^>]*>([\s\S]*?)<\/writeset>/g))
+      for (const m of ws[2].matchAll(/<bit block="(\d+)" value="true"\/>/g))
+        dumped.set(Number(m[1]), Math.max(dumped.get(Number(m[1])) ?? 0, Number(ws[1])));
+    expect(new Map([...dumped].sort((a, b) => a[0] - b[0]))).toEqual(
+      new Map([...model].sort((a, b) => a[0] - b[0])),
+    );
+    for (const v of ['0.9', '1.1'] as const) expect((await eraTool('era_check', v, [file])).code).toBe(0);
+    // Our own view, reopened: the same blocks since each era.
+    const reopened = await Pool.open(dir, { commitIntervalMs: 0 });
+    for (const k of eras) {
+      const bits = reopened.era!.writtenSince(k);
+      const ours = [...Array(bits.length * 8).keys()].filter((b) => bits[b >> 3] & (1 << (b & 7)));
+      expect({ k, ours }).toEqual({ k, ours: expected(k) });
+    }
+    await reopened.close();
+  });
+
   test('a held era snapshot is what era_invalidate --metadata-snapshot reads while writes go on', async () => {
     const { dir, pool } = await newPool();
     const start = pool.era!.currentEra;
@@ -112,6 +165,9 @@ describe('era metadata in the dm-era format', () => {
     await pool.close();
     let out = await runEraWorker(dir, ['3', 'snap', '6', '11']);
     const [, opened, snapEra] = /acked (\d+) snaps (\d+)/.exec(out)!.map(Number);
+    // What the killed process left on disk is its last era commit, whole.
+    for (const v of ['0.9', '1.1'] as const)
+      expect((await eraTool('era_check', v, [poolPaths(dir).era.metadata])).code).toBe(0);
     expect(snapEra).toBe(opened + 1);
     const reopened = await Pool.open(dir, { commitIntervalMs: 0 });
     // Overwrites of owned blocks 3 and 6 left no mapping change: only the era journal knew; the
@@ -136,7 +192,7 @@ describe('era metadata in the dm-era format', () => {
     expect((await eraTool('era_check', '0.9', [poolPaths(dir).era.metadata])).code).toBe(0);
   });
 
-  test('the era grows with the pool, and a revert marks the blocks it brings back', async () => {
+  test('the era grows with the pool, and a revert counts every block as written in its era', async () => {
     const { dir, pool } = await newPool(16);
     await pool.createThin(3, 64 * MiB);
     await writeBlocks(pool, 1, [0, 1]);
@@ -158,6 +214,10 @@ describe('era metadata in the dm-era format', () => {
     const before = pool.era!.checkpoint();
     await pool.revertDevice(1, snap.id);
     expect(vblocksOf(await pool.writtenSinceEra(1, before))).toEqual([0, 1]);
+    // A snapshot taken after the revert carries it: a reader since that era reads it all.
+    const after = await pool.createSnap(4, 1);
+    expect(vblocksOf(await pool.writtenSinceEra(after.id, before))).toEqual([0, 1]);
+    expect(await pool.writtenSinceEra(after.id, after.era!)).toEqual([]);
     pool.era!.checkpoint();
     await pool.close();
     const era = poolPaths(dir).era.metadata;

@@ -138,11 +138,6 @@ export class EraTracker {
     }
   }
 
-  /** Marks every block of `blocks` (a revert remaps them without writing them). */
-  markAll(blocks: Iterable<number>): void {
-    for (const b of blocks) this.mark(b, 1);
-  }
-
   /** Makes the marks so far durable (part of a pool flush). */
   sync(): Promise<void> {
     return this.journal?.sync() ?? Promise.resolve();
