@@ -7,11 +7,19 @@ import { poolPaths } from '../../src/thin/pool-files';
 const BLOCK = 64 * 1024;
 
 /** A pool whose device 0 maps `blocks` blocks, built through the metadata API (no data I/O). */
-export async function mappedPool(dir: string, blocks: number): Promise<Pool> {
+export async function mappedPool(
+  dir: string,
+  blocks: number,
+  options: { metadataBytes?: number; era?: boolean } = {},
+): Promise<Pool> {
   await (
     await Pool.create(
       dir,
-      { dataSizeBytes: (blocks + 200_000) * BLOCK, metadataSizeBytes: 512 * 2 ** 20 },
+      {
+        dataSizeBytes: (blocks + 200_000) * BLOCK,
+        metadataSizeBytes: options.metadataBytes ?? 512 * 2 ** 20,
+        era: options.era,
+      },
       { commitIntervalMs: 0 },
     )
   ).close();
@@ -33,7 +41,13 @@ export async function mappedPool(dir: string, blocks: number): Promise<Pool> {
  * Revert latency: each round writes one block of `id` (so its tree differs from the snapshot's
  * again) and reverts it to `snapshot`, which frees what the write made.
  */
-export async function revertLatencies(pool: Pool, id: number, snapshot: number, blocks: number, count: number) {
+export async function revertLatencies(
+  pool: Pool,
+  id: number,
+  snapshot: number,
+  blocks: number,
+  count: number,
+) {
   const out: number[] = [];
   for (let i = 0; i < count; i++) {
     await pool.device(id).write(((i * 7919) % blocks) * BLOCK, Buffer.alloc(4096, i & 0xff));
@@ -43,4 +57,3 @@ export async function revertLatencies(pool: Pool, id: number, snapshot: number, 
   }
   return out;
 }
-

@@ -58,6 +58,16 @@ gauge('thinpool_pool_read_only', '1 when the pool went read-only (e.g. out of me
   p.status().mode === 'read-only' ? 1 : 0,
 );
 gauge(
+  'thinpool_pool_era_current',
+  "Current era of the pool's era tracking (0 when the pool has none)",
+  (p) => p.era?.currentEra ?? 0,
+);
+gauge(
+  'thinpool_pool_era_blocks_marked',
+  'Data blocks written so far in the current era',
+  (p) => p.era?.status().markedThisEra ?? 0,
+);
+gauge(
   'thinpool_pool_transaction_id',
   'Pool transaction id (moves with every device change)',
   (p) => p.status().transactionId,

@@ -4,6 +4,8 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { registerPoolMetrics } from '../../src/metrics/pool-metrics';
+import { registry } from '../../src/metrics/registry';
 import { Pool } from '../../src/thin/pool';
 import { poolPaths } from '../../src/thin/pool-files';
 import { thinpool } from '../helpers/cli';
@@ -153,6 +155,10 @@ describe('era metadata in the dm-era format', () => {
     expect(inv.code).toBe(0);
     expect(parseInvalidate(inv.stdout)).toEqual([3, 4].map((v) => dataBlockOf(pool, 1, v)));
     expect(pool.status().era).toMatchObject({ snapshotEra: start, currentEra: start + 1 });
+    registerPoolMetrics('era-test', () => pool);
+    const metrics = await registry.metrics();
+    expect(metrics).toContain(`thinpool_pool_era_current{pool="era-test"} ${start + 1}`);
+    expect(metrics).toContain('thinpool_pool_era_blocks_marked{pool="era-test"} 1');
     pool.era!.dropSnapshot();
     expect(pool.status().era!.snapshotEra).toBeUndefined();
     await pool.close();
