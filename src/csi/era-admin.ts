@@ -39,13 +39,35 @@ export class EraAdmin {
       if (!snapshot) throw notFound(`snapshot ${req.snapshot_id} does not exist`);
       snapshotEra = snapshot.era ?? 0;
     }
+    const s = era?.status();
     return {
       enabled: era !== undefined,
-      current_era: era?.currentEra ?? 0,
-      nr_blocks: era?.nrBlocks ?? 0,
+      current_era: s?.currentEra ?? 0,
+      nr_blocks: s?.nrBlocks ?? 0,
       block_bytes: pool.blockBytes,
       snapshot_era: snapshotEra,
+      metadata_snap_block: s?.metadataSnapBlock ?? 0,
+      metadata_snap_era: s?.snapshotEra ?? 0,
     };
+  }
+
+  async takeSnapshot(): Promise<{ metadata_snap_block: number; era: number }> {
+    const era = this.requireEra();
+    const snap = await this.store.pool.gate.exclusive(async () => {
+      if (era.status().metadataSnapBlock)
+        throw failedPrecondition('an era metadata snapshot is already held: drop it first');
+      return era.takeSnapshot();
+    });
+    return { metadata_snap_block: snap.location, era: snap.era };
+  }
+
+  async dropSnapshot(): Promise<object> {
+    const era = this.requireEra();
+    await this.store.pool.gate.exclusive(async () => {
+      if (!era.status().metadataSnapBlock) throw failedPrecondition('no era metadata snapshot is held');
+      era.dropSnapshot();
+    });
+    return {};
   }
 
   async checkpoint(): Promise<{ era: number }> {
@@ -85,6 +107,14 @@ export class EraAdmin {
         run: async (r) => this.status(r),
       }),
       CheckpointEra: unary(locks, 'CheckpointEra', { run: () => this.checkpoint() }),
+      TakeEraSnapshot: unary(locks, 'TakeEraSnapshot', {
+        locks: () => ['era-snapshot'],
+        run: () => this.takeSnapshot(),
+      }),
+      DropEraSnapshot: unary(locks, 'DropEraSnapshot', {
+        locks: () => ['era-snapshot'],
+        run: () => this.dropSnapshot(),
+      }),
       GetWrittenSinceEra: unary<WrittenRequest, WrittenResponse>(locks, 'GetWrittenSinceEra', {
         run: (r) => this.writtenSince(r),
       }),

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { createBackup } from '../../src/backup/create';
 import { Repository } from '../../src/backup/repository';
 import { restoreBackup } from '../../src/backup/restore';
+import { runTool, thinTool } from '../helpers/tools';
 import { type BackupDriver, MiB, SourceVolume, runCli, startBackupDriver } from './helpers';
 
 jest.setTimeout(120_000);
@@ -96,6 +97,28 @@ describe('backup --since-era', () => {
     ]);
     const ranges = (JSON.parse(since.stdout) as { ranges: { length: number }[] }).ranges;
     expect(ranges.reduce((n, r) => n + r.length, 0)).toBe(touched.size * BLOCK);
+
+    // A held era snapshot of the running pool, read by era_invalidate: the 24 data blocks the
+    // writes since that era went to (whole-block writes after a snapshot: one new block each).
+    const snap = await runCli(['era', 'take-snap', '--endpoint', t.endpoint, '--json']);
+    const held = JSON.parse(snap.stdout) as { metadata_snap_block: number; era: number };
+    expect(held.metadata_snap_block).toBeGreaterThan(0);
+    const inv = await runTool(thinTool('era_invalidate', '1.1'), [
+      '--metadata-snapshot',
+      String(held.metadata_snap_block),
+      '--written-since',
+      String(era),
+      path.join(t.dir, 'pool', 'era-metadata'),
+    ]);
+    expect(inv.code).toBe(0);
+    const listed = [
+      ...inv.stdout.matchAll(/<block block="\d+"\/>|<range begin="(\d+)" end="(\d+)"\/>/g),
+    ].reduce((n, m) => n + (m[1] === undefined ? 1 : Number(m[2]) - Number(m[1])), 0);
+    expect(listed).toBe(touched.size);
+    expect((await runCli(['era', 'take-snap', '--endpoint', t.endpoint])).stderr).toMatch(/already held/);
+    expect((await runCli(['era', 'drop-snap', '--endpoint', t.endpoint])).code).toBe(0);
+    const after = await runCli(['era', 'status', '--endpoint', t.endpoint, '--json']);
+    expect(JSON.parse(after.stdout)).toMatchObject({ metadata_snap_block: 0 });
   });
 
   test('an era no backup of the volume reaches is refused clearly', async () => {

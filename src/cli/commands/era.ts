@@ -2,10 +2,9 @@ import type { Argv } from 'yargs';
 import { callVolumes, endpointOption } from '../admin-client';
 import { CommandFailed } from '../errors';
 import { printResult } from '../output';
+import { jsonOption as json } from '../options';
 
 // Era tracking of the running driver's pool (proto/thinpool.proto), for scripts and backup tools.
-
-const json = { type: 'boolean', default: false, describe: 'print JSON' } as const;
 
 export function eraCommands(yargs: Argv): Argv {
   return yargs
@@ -21,6 +20,23 @@ export function eraCommands(yargs: Argv): Argv {
       'end the current era and start the next (a snapshot does this too)',
       (y) => y.option('json', json),
       async (argv) => printResult({ ...(await callVolumes(argv.endpoint, 'CheckpointEra', {})) }, argv.json),
+    )
+    .command(
+      'take-snap',
+      'hold a metadata snapshot of the era data (era_invalidate --metadata-snapshot reads it)',
+      (y) => y.option('json', json),
+      async (argv) =>
+        printResult({ ...(await callVolumes(argv.endpoint, 'TakeEraSnapshot', {})) }, argv.json),
+    )
+    .command(
+      'drop-snap',
+      'drop the held era metadata snapshot',
+      (y) => y.option('json', json),
+      async (argv) =>
+        printResult(
+          { ...(await callVolumes(argv.endpoint, 'DropEraSnapshot', {})), dropped: true },
+          argv.json,
+        ),
     )
     .command(
       'written-since <id>',

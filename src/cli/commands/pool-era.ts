@@ -5,11 +5,9 @@ import { poolPaths } from '../../thin/pool-files';
 import { CommandFailed } from '../errors';
 import { printResult } from '../output';
 import { withPool } from '../pool-session';
+import { jsonOption as json, poolArg } from '../options';
 
 // Era tracking of a pool that no process has open (the running driver answers `thinpool era`).
-
-const json = { type: 'boolean', default: false, describe: 'print JSON' } as const;
-const poolArg = { type: 'string', demandOption: true, describe: 'pool directory' } as const;
 
 export function poolEraCommands(yargs: Argv): Argv {
   return yargs

@@ -8,9 +8,7 @@ import { printResult } from '../output';
 import { CommandFailed } from '../errors';
 import { withPool } from '../pool-session';
 import { poolEraCommands } from './pool-era';
-
-const json = { type: 'boolean', default: false, describe: 'print JSON' } as const;
-const poolArg = { type: 'string', demandOption: true, describe: 'pool directory' } as const;
+import { jsonOption as json, poolArg } from '../options';
 
 export function poolCommands(yargs: Argv): Argv {
   return yargs

@@ -5,9 +5,8 @@ import { parseSize } from '../../util/size';
 import { printResult } from '../output';
 import { withPool } from '../pool-session';
 import { CommandFailed } from '../errors';
+import { jsonOption as json, poolArg } from '../options';
 
-const json = { type: 'boolean', default: false, describe: 'print JSON' } as const;
-const poolArg = { type: 'string', demandOption: true, describe: 'pool directory' } as const;
 const idArg = { type: 'number', demandOption: true, describe: 'thin device id (0..16777215)' } as const;
 
 function parseLabels(labels: string[] | undefined): Record<string, string> {
