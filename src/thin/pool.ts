@@ -94,6 +94,8 @@ export class Pool extends EventEmitter implements DeviceHost {
   private readonly metadataSnapTurns = new SerialQueue();
   private readonly deviceSet: DeviceSet;
   private closed = false;
+  /** Why the pool's era metadata did not open, when it did not. */
+  private eraProblem: string | undefined;
 
   private constructor(
     readonly dir: string,
@@ -170,12 +172,25 @@ export class Pool extends EventEmitter implements DeviceHost {
       catalogue = Catalogue.open(paths.catalogue, paths.legacyCatalogue, { readOnly: options.readOnly });
       const ids = md.deviceIds();
       const found = catalogue.reconcile(md.sb.transactionId, ids, (id) => adoptedEntry(md, id));
-      if (EraTracker.exists(paths.era))
-        era = EraTracker.open(paths.era, md.sb.dataSpaceMap.nrBlocks, {
-          readOnly: options.readOnly,
-          lastRecordedEra: () => lastRecordedEra(catalogue!),
-        });
+      let eraProblem: string | undefined;
+      if (EraTracker.exists(paths.era)) {
+        try {
+          era = EraTracker.open(paths.era, md.sb.dataSpaceMap.nrBlocks, {
+            readOnly: options.readOnly,
+            lastRecordedEra: () => lastRecordedEra(catalogue!),
+          });
+        } catch (e) {
+          // The pool's data matters more than era answers: open without them, and leave no
+          // journal, so that an era that opens again later counts every block as written.
+          eraProblem = (e as Error).message;
+          log.error('era metadata could not be opened; the pool runs without era tracking', {
+            error: eraProblem,
+          });
+          if (!options.readOnly) fs.rmSync(paths.era.journal, { force: true });
+        }
+      }
       const pool = new Pool(dir, md, data, catalogue, found, ids, options, era);
+      pool.eraProblem = eraProblem;
       await pool.txn.start();
       return pool;
     } catch (e) {
@@ -230,7 +245,7 @@ export class Pool extends EventEmitter implements DeviceHost {
     };
     // The origin's writers must see its blocks as shared before any other I/O may run.
     // With era tracking, the snapshot starts a new era: every later write is in it or a later one.
-    const withEra = () => (this.era ? { ...entry, era: this.era.checkpoint() } : entry);
+    const withEra = () => (this.era && !this.era.failed ? { ...entry, era: this.era.checkpoint() } : entry);
     const chosen = await this.deviceSet.change('create', id, withEra, (md, newId) => {
       md.createSnap(newId, originId);
       this.views.get(originId)?.refresh();
@@ -407,7 +422,13 @@ export class Pool extends EventEmitter implements DeviceHost {
     options: { useMetadataSnap?: boolean } = {},
   ): Promise<MappedRange[]> {
     const era = this.era;
-    if (!era) throw new PoolError(`${this.dir} has no era tracking (pool era enable turns it on)`, 'EINVAL');
+    if (!era)
+      throw new PoolError(
+        this.eraProblem
+          ? `the era metadata of ${this.dir} did not open (${this.eraProblem})`
+          : `${this.dir} has no era tracking (pool era enable turns it on)`,
+        'EINVAL',
+      );
     // A revert (of the device or, for a snapshot, of its origin) remapped every block at once.
     const reverted = this.catalogue.get(id)?.revertedEra;
     if (reverted !== undefined && reverted >= since) return this.allocated(id, options);

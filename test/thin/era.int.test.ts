@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { registerPoolMetrics } from '../../src/metrics/pool-metrics';
 import { registry } from '../../src/metrics/registry';
+import { EraMetadata } from '../../src/thin/era/era-metadata';
 import { Pool } from '../../src/thin/pool';
 import { poolPaths } from '../../src/thin/pool-files';
 import { thinpool } from '../helpers/cli';
@@ -228,6 +229,48 @@ describe('era metadata in the dm-era format', () => {
     await pool.close();
     const era = poolPaths(dir).era.metadata;
     for (const v of ['0.9', '1.1'] as const) expect((await eraTool('era_check', v, [era])).code).toBe(0);
+  });
+});
+
+describe('a failing era', () => {
+  test('writes and flushes go on, answers are refused, and a pool whose era cannot open still opens', async () => {
+    const dir = path.join(tmp.dir, 'era-full');
+    const pool = await Pool.create(dir, { dataSizeBytes: 2048 * MiB }, { commitIntervalMs: 0 });
+    await pool.createThin(1, 2048 * MiB);
+    await pool.close();
+    // Era metadata far too small for the pool: it runs out of space once writes spread out.
+    const paths = poolPaths(dir).era;
+    fs.writeFileSync(paths.metadata, '');
+    fs.truncateSync(paths.metadata, 20 * 4096);
+    const md = EraMetadata.format(paths.metadata, { nrBlocks: 32768, dataBlockSectors: 128 });
+    md.sb.cleanShutdown = true;
+    md.commit();
+    md.close();
+
+    const reopened = await Pool.open(dir, { commitIntervalMs: 0 });
+    const era = reopened.era!;
+    const spread = Array.from({ length: 64 }, (_, i) => i * 500);
+    await writeBlocks(reopened, 1, spread);
+    // The second checkpoint digests the spread marks into the era array: no room for that.
+    const checkpoints = () => {
+      for (let i = 0; i < 3; i++) era.checkpoint();
+    };
+    expect(checkpoints).toThrow(/era tracking stopped after a failure/);
+    expect(era.status().failed).toMatch(/metadata/i);
+    await writeBlocks(reopened, 1, [7]); // data writes are unaffected
+    await reopened.flush();
+    await expect(reopened.writtenSinceEra(1, 1)).rejects.toThrow(/its answers would miss writes/);
+    expect(fs.existsSync(paths.journal)).toBe(false);
+    await reopened.close();
+
+    // Too small to open again: the pool opens without era tracking and says why.
+    const again = await Pool.open(dir, { commitIntervalMs: 0 });
+    expect(again.era).toBeUndefined();
+    await writeBlocks(again, 1, [8]);
+    await expect(again.writtenSinceEra(1, 1)).rejects.toThrow(
+      /era metadata of .* did not open \(out of metadata space/,
+    );
+    await again.close();
   });
 });
 

@@ -18,6 +18,18 @@ export interface EraStatus {
   /** Era covered by the held metadata snapshot (its last complete era), if one is held. */
   snapshotEra?: number;
   metadataSnapBlock?: number;
+  /** Why tracking stopped, when it did (answers are refused until the pool is reopened). */
+  failed?: string;
+}
+
+export class EraFailedError extends Error {
+  constructor(cause: Error) {
+    super(
+      `era tracking stopped after a failure (${cause.message}): its answers would miss writes; ` +
+        'reopening the pool counts every block as written and tracks again',
+    );
+    this.name = 'EraFailedError';
+  }
 }
 
 /**
@@ -31,10 +43,14 @@ export class EraTracker {
   private markedCount = 0;
   private pending: number[] = [];
   private readonly scratch: number[] = [];
+  // A failed era write must not fail the data write it came with: tracking stops instead, and
+  // every answer after it is refused (an answer that misses a block would be wrong).
+  private failure: Error | undefined;
 
   private constructor(
     private readonly md: EraMetadata,
     private readonly journal: EraJournal | undefined,
+    private readonly journalPath = '',
   ) {
     this.marked = new Uint8Array(Math.ceil(md.nrBlocks / 8));
   }
@@ -96,7 +112,7 @@ export class EraTracker {
       md.close();
       throw e;
     }
-    return new EraTracker(md, journal);
+    return new EraTracker(md, journal, paths.journal);
   }
 
   get currentEra(): number {
@@ -109,10 +125,12 @@ export class EraTracker {
 
   /** The pool grew to `nrBlocks` data blocks. */
   grow(nrBlocks: number): void {
-    if (nrBlocks <= this.md.nrBlocks) return;
-    this.commit();
-    this.md.grow(nrBlocks);
-    this.md.commit();
+    if (nrBlocks <= this.md.nrBlocks || this.failure) return;
+    this.guard(() => {
+      this.commit();
+      this.md.grow(nrBlocks);
+      this.md.commit();
+    });
     const marked = new Uint8Array(Math.ceil(nrBlocks / 8));
     marked.set(this.marked);
     this.marked = marked;
@@ -120,6 +138,7 @@ export class EraTracker {
 
   /** Called before a write to `count` data blocks from `first` is issued. */
   mark(first: number, count: number): void {
+    if (this.failure) return;
     const fresh = this.scratch;
     const end = Math.min(first + count, this.md.nrBlocks);
     for (let b = first; b < end; b++) {
@@ -131,24 +150,56 @@ export class EraTracker {
     if (fresh.length === 0) return;
     this.markedCount += fresh.length;
     for (const b of fresh) this.pending.push(b);
-    try {
-      this.journal?.append(fresh);
-    } finally {
-      fresh.length = 0;
-    }
+    this.guard(() => this.journal?.append(fresh));
+    fresh.length = 0;
   }
 
-  /** Makes the marks so far durable (part of a pool flush). */
-  sync(): Promise<void> {
-    return this.journal?.sync() ?? Promise.resolve();
+  /** Makes the marks so far durable (part of a pool flush, which an era failure never fails). */
+  async sync(): Promise<void> {
+    if (this.failure || !this.journal) return;
+    await this.journal.sync().catch((e: unknown) => this.fail(e));
   }
 
   /** Writes the marks into the era metadata and commits it. */
   commit(): void {
-    this.applyPending();
-    if (!this.md.hasUncommittedChanges) return;
-    this.md.commit();
-    this.journal?.restart();
+    if (this.failure) return;
+    this.guard(() => {
+      this.applyPending();
+      if (!this.md.hasUncommittedChanges) return;
+      this.md.commit();
+      this.journal?.restart();
+    });
+  }
+
+  get failed(): Error | undefined {
+    return this.failure;
+  }
+
+  private guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  // Without its journal the next open cannot tell what this run wrote, so it marks every block
+  // (unlinking works where writes fail, e.g. on a full disk).
+  private fail(e: unknown): void {
+    if (this.failure) return;
+    this.failure = e as Error;
+    log.error('era tracking stopped', { error: this.failure.message });
+    try {
+      if (this.journalPath) fs.rmSync(this.journalPath, { force: true });
+    } catch (unlink) {
+      log.error('could not remove the era journal: the next open may trust incomplete marks', {
+        error: (unlink as Error).message,
+      });
+    }
+  }
+
+  private checkHealthy(): void {
+    if (this.failure) throw new EraFailedError(this.failure);
   }
 
   /**
@@ -156,9 +207,16 @@ export class EraTracker {
    * record (replayed after a kill); the era metadata takes it at the next era commit.
    */
   checkpoint(): number {
-    this.applyPending();
-    const era = this.md.rollover();
-    this.journal?.append([ROLLOVER]);
+    this.checkHealthy();
+    try {
+      this.applyPending();
+      this.md.rollover();
+      this.journal?.append([ROLLOVER]);
+    } catch (e) {
+      this.fail(e);
+      this.checkHealthy();
+    }
+    const era = this.md.currentEra;
     this.marked.fill(0);
     this.markedCount = 0;
     return era;
@@ -172,6 +230,7 @@ export class EraTracker {
 
   takeSnapshot(): { era: number; location: number } {
     this.commit();
+    this.checkHealthy();
     const snap = this.md.takeSnapshot();
     this.marked.fill(0);
     this.markedCount = 0;
@@ -181,12 +240,14 @@ export class EraTracker {
 
   dropSnapshot(): void {
     this.commit();
+    this.checkHealthy();
     this.md.dropSnapshot();
     this.journal?.restart();
   }
 
   /** Bitmap of the data blocks written in era `since` or later (bit b of byte b >> 3). */
   writtenSince(since: number): Uint8Array {
+    this.checkHealthy();
     const bits = this.md.writtenSince(since, 'live');
     if (this.md.currentEra >= since) for (let i = 0; i < bits.length; i++) bits[i] |= this.marked[i];
     return bits;
@@ -199,11 +260,13 @@ export class EraTracker {
       nrBlocks: this.md.nrBlocks,
       markedThisEra: this.markedCount,
       ...(snap ? { snapshotEra: snap.currentEra - 1, metadataSnapBlock: this.md.sb.metadataSnap } : {}),
+      ...(this.failure ? { failed: this.failure.message } : {}),
     };
   }
 
   close(): void {
-    if (this.journal) {
+    if (this.journal && this.failure) this.journal.close();
+    else if (this.journal) {
       this.commit();
       this.md.sb.cleanShutdown = true;
       this.md.commit();
