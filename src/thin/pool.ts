@@ -467,8 +467,8 @@ export class Pool extends EventEmitter implements DeviceHost {
   // ---- transactions ----
 
   /** Makes everything acknowledged so far durable: data first, then metadata, superblock last. */
-  async flush(): Promise<void> {
-    await Promise.all([this.commit(), this.era?.sync()]);
+  flush(): Promise<void> {
+    return this.commit();
   }
 
   commit(): Promise<void> {

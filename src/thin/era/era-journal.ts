@@ -3,10 +3,12 @@ import fs from 'node:fs';
 import { crc32c } from '../../pdata/crc32c';
 import { currentBootId } from '../boot-id';
 
-// Blocks marked since the last era commit, appended (written, not synced) before the data write
+// Blocks marked since the last era commit, appended (written, never synced) before the data write
 // that marks them is issued: a killed process leaves them in the page cache for the next open to
-// replay. A flush syncs them with the data. Replaying a mark whose write never happened only
-// makes a block look written when it was not, which is safe; missing one is not.
+// replay. After a machine crash nothing could say which unflushed writes reached the disk, so
+// the tracker marks every block then and syncing the journal would buy nothing. Replaying a mark
+// whose write never happened only makes a block look written when it was not, which is safe;
+// missing one is not.
 
 const MAGIC = 0x4a415245; // "ERAJ"
 const VERSION = 1;
@@ -25,7 +27,6 @@ export interface EraJournalContents {
 export class EraJournal {
   private nonce = 0;
   private records = 0;
-  private unsynced = false;
 
   private constructor(private readonly fd: number) {}
 
@@ -75,7 +76,6 @@ export class EraJournal {
     header.writeUInt32LE(this.nonce, 24);
     header.writeUInt32LE(crc32c(header.subarray(0, 60)), 60);
     fs.writeSync(this.fd, header, 0, HEADER_BYTES, 0);
-    this.unsynced = true;
   }
 
   /** Writes the marks now (one write), before the data they cover is. */
@@ -91,23 +91,6 @@ export class EraJournal {
     const pos = HEADER_BYTES + this.records * RECORD_BYTES;
     for (let at = 0; at < buf.length;) at += fs.writeSync(this.fd, buf, at, buf.length - at, pos + at);
     this.records += blocks.length;
-    this.unsynced = true;
-  }
-
-  get hasUnsynced(): boolean {
-    return this.unsynced;
-  }
-
-  /** Makes the marks written so far durable (for a flush). */
-  async sync(): Promise<void> {
-    if (!this.unsynced) return;
-    this.unsynced = false;
-    try {
-      await new Promise<void>((resolve, reject) => fs.fdatasync(this.fd, (e) => (e ? reject(e) : resolve())));
-    } catch (e) {
-      this.unsynced = true;
-      throw e;
-    }
   }
 
   close(): void {

@@ -154,12 +154,6 @@ export class EraTracker {
     fresh.length = 0;
   }
 
-  /** Makes the marks so far durable (part of a pool flush, which an era failure never fails). */
-  async sync(): Promise<void> {
-    if (this.failure || !this.journal) return;
-    await this.journal.sync().catch((e: unknown) => this.fail(e));
-  }
-
   /** Writes the marks into the era metadata and commits it. */
   commit(): void {
     if (this.failure) return;
