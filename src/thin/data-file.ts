@@ -22,7 +22,7 @@ export class DataFile {
   private readonly syncReads: SyncReadPolicy;
   private readonly syncIoMaxBytes: number;
   /** Told of the blocks a write covers before it is issued (era tracking). */
-  onWrite: ((firstBlock: number, count: number) => void) | undefined;
+  onWrite: ((firstBlock: number, count: number) => Promise<void> | undefined) | undefined;
 
   private constructor(
     readonly path: string,
@@ -88,7 +88,8 @@ export class DataFile {
     if (this.onWrite && total > 0) {
       const first = dataBlock + Math.floor(offsetInBlock / this.blockBytes);
       const last = dataBlock + Math.floor((offsetInBlock + total - 1) / this.blockBytes);
-      this.onWrite(first, last - first + 1);
+      const recorded = this.onWrite(first, last - first + 1);
+      if (recorded) await recorded;
     }
     const sync = total <= this.syncIoMaxBytes;
     // writev may write less than asked; carry on from where it stopped.

@@ -43,6 +43,9 @@ export class EraTracker {
   private markedCount = 0;
   private pending: number[] = [];
   private readonly scratch: number[] = [];
+  /** Marks not yet in the journal, and the microtask that will write them. */
+  private unjournaled: number[] = [];
+  private journalWrite: Promise<void> | undefined;
   // A failed era write must not fail the data write it came with: tracking stops instead, and
   // every answer after it is refused (an answer that misses a block would be wrong).
   private failure: Error | undefined;
@@ -136,9 +139,13 @@ export class EraTracker {
     this.marked = marked;
   }
 
-  /** Called before a write to `count` data blocks from `first` is issued. */
-  mark(first: number, count: number): void {
-    if (this.failure) return;
+  /**
+   * Called before a write to `count` data blocks from `first` is issued; the write waits for the
+   * returned promise (there is one when a block is new in this era). New marks go to the journal
+   * in one write from a microtask, so writes started together share it.
+   */
+  mark(first: number, count: number): Promise<void> | undefined {
+    if (this.failure) return undefined;
     const fresh = this.scratch;
     const end = Math.min(first + count, this.md.nrBlocks);
     for (let b = first; b < end; b++) {
@@ -147,11 +154,28 @@ export class EraTracker {
       this.marked[b >> 3] |= bit;
       fresh.push(b);
     }
-    if (fresh.length === 0) return;
+    if (fresh.length === 0) return undefined;
     this.markedCount += fresh.length;
-    for (const b of fresh) this.pending.push(b);
-    this.guard(() => this.journal?.append(fresh));
+    for (const b of fresh) {
+      this.pending.push(b);
+      this.unjournaled.push(b);
+    }
     fresh.length = 0;
+    this.journalWrite ??= new Promise<void>((resolve) =>
+      queueMicrotask(() => {
+        this.writeJournal();
+        resolve();
+      }),
+    );
+    return this.journalWrite;
+  }
+
+  private writeJournal(): void {
+    this.journalWrite = undefined;
+    if (!this.unjournaled.length) return;
+    const blocks = this.unjournaled;
+    this.unjournaled = [];
+    this.guard(() => this.journal?.append(blocks));
   }
 
   /** Writes the marks into the era metadata and commits it. */
@@ -205,6 +229,7 @@ export class EraTracker {
     try {
       this.applyPending();
       this.md.rollover();
+      this.writeJournal(); // the era's marks before the record that ends it
       this.journal?.append([ROLLOVER]);
     } catch (e) {
       this.fail(e);
